@@ -1,0 +1,5 @@
+import sys
+
+from involution.cli import main
+
+sys.exit(main())

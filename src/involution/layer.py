@@ -1,0 +1,403 @@
+"""The Involution layer and its default kernel generator."""
+
+import keras
+from keras import ops
+
+from involution import ops as involution_ops
+
+
+def _positive_int(value, name, odd=False):
+    """Validates an integer hyperparameter, with a Keras-style message."""
+    expected = "a positive odd integer" if odd else "a positive integer"
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if valid and odd:
+        valid = value % 2 == 1
+    if not valid:
+        raise ValueError(
+            f"The `{name}` argument must be {expected}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _check_input_shape(layer, input_shape):
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"Layer {layer.name!r} expects 4D inputs, (batch, height, width, "
+            "channels) or (batch, channels, height, width). Received: "
+            f"input_shape={tuple(input_shape)}"
+        )
+    axis = -1 if layer.data_format == "channels_last" else 1
+    channels = input_shape[axis]
+    if channels is None:
+        raise ValueError(
+            f"Layer {layer.name!r} needs a known number of channels on axis "
+            f"{axis} ({layer.data_format}). Received: "
+            f"input_shape={tuple(input_shape)}"
+        )
+    return channels
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class InvolutionKernelGenerator(keras.layers.Layer):
+    """The paper's kernel generator: pool, reduce, normalise, expand.
+
+    It maps an input feature map to one `kernel_size x kernel_size` kernel per
+    output pixel and channel group: average-pool by `stride` ("same"
+    padding, so the output is `ceil(size / stride)`), a 1x1 convolution to
+    `channel // reduction_ratio` filters, batch normalization, ReLU, and a 1x1
+    convolution to `kernel_size**2 * group_number` filters, group-major.
+
+    Args:
+        kernel_size: int, the side of the generated kernels.
+        stride: int, the stride of the involution this generator serves.
+        group_number: int, the number of kernels per pixel (channel groups).
+        reduction_ratio: int, divides `channel` to give the bottleneck width.
+        channel: int or None, the channel count the bottleneck width is
+            derived from; None uses the input's channels.
+        data_format: `"channels_last"`, `"channels_first"` or None.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4D tensor `(batch, height, width, channels)` (channels_last) or
+        `(batch, channels, height, width)` (channels_first).
+
+    Output shape:
+        `(batch, ceil(height / stride), ceil(width / stride),
+        group_number * kernel_size**2)` for channels_last, channels first
+        otherwise.
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=1,
+        group_number=1,
+        reduction_ratio=1,
+        channel=None,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
+        self.stride = _positive_int(stride, "stride")
+        self.group_number = _positive_int(group_number, "group_number")
+        self.reduction_ratio = _positive_int(reduction_ratio, "reduction_ratio")
+        if channel is not None:
+            _positive_int(channel, "channel")
+        self.channel = channel
+        self.data_format = involution_ops.standardize_data_format(data_format)
+
+    def build(self, input_shape):
+        channels = _check_input_shape(self, input_shape)
+        channel = self.channel if self.channel is not None else channels
+        if self.reduction_ratio > channel:
+            raise ValueError(
+                "The `reduction_ratio` argument must be at most `channel` "
+                f"({channel}), so that the kernel generator keeps at least "
+                f"one channel. Received: reduction_ratio={self.reduction_ratio}"
+            )
+        common = dict(data_format=self.data_format, dtype=self.dtype_policy)
+        self.pool = None
+        if self.stride > 1:
+            self.pool = keras.layers.AveragePooling2D(
+                pool_size=self.stride,
+                strides=self.stride,
+                padding="same",
+                name="pool",
+                **common,
+            )
+        self.reduce = keras.layers.Conv2D(
+            channel // self.reduction_ratio, 1, name="reduce", **common
+        )
+        self.norm = keras.layers.BatchNormalization(
+            axis=-1 if self.data_format == "channels_last" else 1,
+            name="norm",
+            dtype=self.dtype_policy,
+        )
+        self.span = keras.layers.Conv2D(
+            self.kernel_size * self.kernel_size * self.group_number,
+            1,
+            name="span",
+            **common,
+        )
+        shape = tuple(input_shape)
+        if self.pool is not None:
+            self.pool.build(shape)
+            shape = self.pool.compute_output_shape(shape)
+        self.reduce.build(shape)
+        shape = self.reduce.compute_output_shape(shape)
+        self.norm.build(shape)
+        self.span.build(shape)
+
+    def call(self, inputs, training=None):
+        x = inputs if self.pool is None else self.pool(inputs)
+        x = self.reduce(x)
+        x = self.norm(x, training=training)
+        x = ops.relu(x)
+        return self.span(x)
+
+    def compute_output_shape(self, input_shape):
+        taps = self.kernel_size * self.kernel_size * self.group_number
+        if self.data_format == "channels_last":
+            batch, height, width, _ = input_shape
+            return (
+                batch,
+                involution_ops.output_size(height, self.stride),
+                involution_ops.output_size(width, self.stride),
+                taps,
+            )
+        batch, _, height, width = input_shape
+        return (
+            batch,
+            taps,
+            involution_ops.output_size(height, self.stride),
+            involution_ops.output_size(width, self.stride),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "kernel_size": self.kernel_size,
+                "stride": self.stride,
+                "group_number": self.group_number,
+                "reduction_ratio": self.reduction_ratio,
+                "channel": self.channel,
+                "data_format": self.data_format,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class Involution(keras.layers.Layer):
+    """2D involution layer (position-specific, channel-shared kernels).
+
+    Involution inverts convolution's design: instead of one kernel per
+    output channel shared over all positions, it generates one
+    `kernel_size x kernel_size` kernel per output position (and channel
+    group) from the input itself, and shares it across the channels of the
+    group. The output of channel `c` at pixel `(i, j)` is the multiply-add of
+    its group's kernel at `(i, j)` with the channel's neighbourhood.
+
+    The kernels come from a kernel generator sub-layer, by default the
+    paper's `InvolutionKernelGenerator` (average pool by `stride`, 1x1 conv
+    to `channel // reduction_ratio`, batch norm, ReLU, 1x1 conv to
+    `kernel_size**2 * group_number`). To use another kernel-generation
+    method pass any layer as `kernel_generator`: it receives the
+    involution's input (and `training`) and must return a tensor
+    `(batch, ceil(H / stride), ceil(W / stride), group_number *
+    kernel_size**2)` (channels first for `"channels_first"`), group-major.
+    Register it with `keras.saving.register_keras_serializable` so models
+    using it save and load.
+
+    Args:
+        channel: int or None. The channel count from which the generator's
+            bottleneck width `channel // reduction_ratio` is derived. None
+            (default) uses the input's channels. The output always has as
+            many channels as the input.
+        group_number: int, the number of channel groups (kernels per
+            pixel); must divide the input's channels. Groups are
+            contiguous: channel `c` is in group `c // (C // group_number)`.
+        kernel_size: int, odd, the side of the kernel window.
+        stride: int, the step between windows; the output's spatial size is
+            `ceil(size / stride)`.
+        reduction_ratio: int, the generator's bottleneck reduction, at most
+            `channel`.
+        dilation: int, the spacing between kernel taps. Defaults to 1.
+        data_format: `"channels_last"` or `"channels_first"`. Defaults to
+            `keras.config.image_data_format()`.
+        return_kernel: bool. If True, `call` returns `(output, kernel)`
+            like the Keras example. Defaults to False.
+        kernel_generator: optional layer replacing the default generator
+            (see above).
+        implementation: `"auto"`, `"reference"` or `"fast"`: which apply
+            path runs (see `involution.ops.involution_apply`).
+        **kwargs: base layer keyword arguments (`name`, `dtype`,
+            `trainable`, ...).
+
+    Input shape:
+        4D tensor `(batch, height, width, channels)` for channels_last or
+        `(batch, channels, height, width)` for channels_first. Height and
+        width may be unknown (`None`).
+
+    Output shape:
+        `(batch, ceil(height / stride), ceil(width / stride), channels)` for
+        channels_last, `(batch, channels, ceil(height / stride),
+        ceil(width / stride))` for channels_first.
+
+    Returns:
+        The output tensor, or with `return_kernel=True` the tuple
+        `(output, kernel)`, the kernel shaped `(batch, H_out, W_out,
+        kernel_size**2, 1, group_number)` for channels_last and `(batch,
+        group_number, 1, kernel_size**2, H_out, W_out)` for channels_first
+        (the official PyTorch implementation's layout).
+
+    Example:
+
+    >>> x = keras.random.normal((2, 32, 32, 16))
+    >>> layer = Involution(channel=16, group_number=4, kernel_size=7,
+    ...                    stride=2, reduction_ratio=4)
+    >>> layer(x).shape
+    (2, 16, 16, 16)
+
+    Reference:
+        Li et al., "Involution: Inverting the Inherence of Convolution for
+        Visual Recognition", CVPR 2021. https://arxiv.org/abs/2103.06255
+    """
+
+    def __init__(
+        self,
+        channel=None,
+        group_number=1,
+        kernel_size=7,
+        stride=1,
+        reduction_ratio=4,
+        dilation=1,
+        data_format=None,
+        return_kernel=False,
+        kernel_generator=None,
+        implementation="auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if channel is not None:
+            _positive_int(channel, "channel")
+        self.channel = channel
+        self.group_number = _positive_int(group_number, "group_number")
+        self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
+        self.stride = _positive_int(stride, "stride")
+        self.reduction_ratio = _positive_int(reduction_ratio, "reduction_ratio")
+        if channel is not None and reduction_ratio > channel:
+            raise ValueError(
+                "The `reduction_ratio` argument must be at most `channel` "
+                f"({channel}). Received: reduction_ratio={reduction_ratio}"
+            )
+        self.dilation = _positive_int(dilation, "dilation")
+        self.data_format = involution_ops.standardize_data_format(data_format)
+        self.return_kernel = bool(return_kernel)
+        if implementation not in involution_ops.IMPLEMENTATIONS:
+            raise ValueError(
+                "The `implementation` argument must be one of "
+                f"{involution_ops.IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
+        if isinstance(kernel_generator, dict):
+            kernel_generator = keras.saving.deserialize_keras_object(kernel_generator)
+        if kernel_generator is not None and not isinstance(
+            kernel_generator, keras.layers.Layer
+        ):
+            raise ValueError(
+                "The `kernel_generator` argument must be a keras.layers.Layer "
+                f"or None. Received: kernel_generator={kernel_generator!r}"
+            )
+        self._custom_generator = kernel_generator is not None
+        if kernel_generator is None:
+            kernel_generator = InvolutionKernelGenerator(
+                kernel_size=self.kernel_size,
+                stride=self.stride,
+                group_number=self.group_number,
+                reduction_ratio=self.reduction_ratio,
+                channel=self.channel,
+                data_format=self.data_format,
+                dtype=self.dtype_policy,
+                name="kernel_generator",
+            )
+        self.kernel_generator = kernel_generator
+
+    def build(self, input_shape):
+        channels = _check_input_shape(self, input_shape)
+        if channels % self.group_number:
+            raise ValueError(
+                f"The `group_number` argument must divide the number of input "
+                f"channels ({channels}, from input_shape="
+                f"{tuple(input_shape)}). Received: "
+                f"group_number={self.group_number}"
+            )
+        if not self.kernel_generator.built:
+            self.kernel_generator.build(tuple(input_shape))
+        if self._custom_generator:
+            self._check_generator_output(input_shape)
+
+    def _check_generator_output(self, input_shape):
+        try:
+            shape = self.kernel_generator.compute_output_shape(tuple(input_shape))
+        except NotImplementedError:
+            return
+        expected = self._kernel_shape(input_shape)
+        if tuple(shape) != expected:
+            raise ValueError(
+                "The `kernel_generator` must return kernels of shape "
+                f"{expected} for input_shape={tuple(input_shape)} "
+                f"(group_number={self.group_number}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}). Received: "
+                f"output shape {tuple(shape)}"
+            )
+
+    def _kernel_shape(self, input_shape):
+        taps = self.group_number * self.kernel_size * self.kernel_size
+        if self.data_format == "channels_last":
+            batch, height, width, _ = input_shape
+            return (batch, self._out(height), self._out(width), taps)
+        batch, _, height, width = input_shape
+        return (batch, taps, self._out(height), self._out(width))
+
+    def _out(self, size):
+        return involution_ops.output_size(size, self.stride)
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel_generator(inputs, training=training)
+        outputs = involution_ops.involution_apply(
+            inputs,
+            ops.cast(kernel, inputs.dtype),
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            dilation=self.dilation,
+            groups=self.group_number,
+            data_format=self.data_format,
+            implementation=self.implementation,
+        )
+        if not self.return_kernel:
+            return outputs
+        return outputs, involution_ops.kernel_for_display(
+            kernel, self.kernel_size, self.group_number, self.data_format
+        )
+
+    def compute_output_shape(self, input_shape):
+        if self.data_format == "channels_last":
+            batch, height, width, channels = input_shape
+            output_shape = (batch, self._out(height), self._out(width), channels)
+        else:
+            batch, channels, height, width = input_shape
+            output_shape = (batch, channels, self._out(height), self._out(width))
+        if not self.return_kernel:
+            return output_shape
+        taps = self.kernel_size * self.kernel_size
+        if self.data_format == "channels_last":
+            kernel_shape = output_shape[:3] + (taps, 1, self.group_number)
+        else:
+            kernel_shape = (batch, self.group_number, 1, taps) + output_shape[2:]
+        return output_shape, kernel_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "channel": self.channel,
+                "group_number": self.group_number,
+                "kernel_size": self.kernel_size,
+                "stride": self.stride,
+                "reduction_ratio": self.reduction_ratio,
+                "dilation": self.dilation,
+                "data_format": self.data_format,
+                "return_kernel": self.return_kernel,
+                "kernel_generator": (
+                    keras.saving.serialize_keras_object(self.kernel_generator)
+                    if self._custom_generator
+                    else None
+                ),
+                "implementation": self.implementation,
+            }
+        )
+        return config

@@ -1,0 +1,127 @@
+"""The apply step against the float64 NumPy reference, on every path."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from involution import ops as involution_ops
+from tests import numpy_reference as ref
+from tests.backend_utils import gradients
+
+
+def available_implementations():
+    impls = ["reference"]
+    if involution_ops._fast_path_for_backend() is not None:
+        impls.append("fast")
+    return impls
+
+
+IMPLEMENTATIONS = available_implementations()
+GRID = list(
+    itertools.product(
+        [1, 3, 5, 7],  # kernel_size
+        [1, 2, 3],  # stride
+        [1, 3],  # groups (6 channels)
+        [1, 2],  # dilation
+        [(8, 7), (5, 6)],  # (height, width): even and odd, smaller than K
+        ["channels_last", "channels_first"],
+    )
+)
+
+
+def random_case(rng, batch, height, width, channels, kernel_size, stride, groups, data_format):
+    out_h = involution_ops.output_size(height, stride)
+    out_w = involution_ops.output_size(width, stride)
+    x = rng.standard_normal((batch, height, width, channels)).astype("float32")
+    kernel = rng.standard_normal((batch, out_h, out_w, groups * kernel_size**2)).astype(
+        "float32"
+    )
+    if data_format == "channels_first":
+        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
+    return x, kernel
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "kernel_size,stride,groups,dilation,size,data_format",
+    GRID,
+    ids=[f"k{k}-s{s}-g{g}-d{d}-{h}x{w}-{f[9:]}" for k, s, g, d, (h, w), f in GRID],
+)
+def test_apply_matches_numpy(
+    rng, implementation, kernel_size, stride, groups, dilation, size, data_format
+):
+    x, kernel = random_case(rng, 2, *size, 6, kernel_size, stride, groups, data_format)
+    out = involution_ops.involution_apply(
+        x, kernel, kernel_size, stride, dilation, groups, data_format,
+        implementation=implementation,
+    )
+    expected = ref.involution_apply(x, kernel, kernel_size, stride, dilation, groups, data_format)
+    # float32 sums of at most 49 products of unit normals.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height", [1, 2, 7, 8, 9, 31, 32, 33])
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+def test_output_size_is_ceil(height, stride):
+    assert involution_ops.output_size(height, stride) == -(-height // stride)
+    assert involution_ops.output_size(height, stride) * stride >= height
+    assert (involution_ops.output_size(height, stride) - 1) * stride < height
+
+
+def finite_difference(fn, arrays, index, eps=1e-3):
+    """Central differences of a float64 function w.r.t. arrays[index]."""
+    base = [np.asarray(a, np.float64) for a in arrays]
+    grad = np.zeros_like(base[index])
+    it = np.nditer(base[index], flags=["multi_index"])
+    for _ in it:
+        plus = [a.copy() for a in base]
+        minus = [a.copy() for a in base]
+        plus[index][it.multi_index] += eps
+        minus[index][it.multi_index] -= eps
+        grad[it.multi_index] = (fn(*plus) - fn(*minus)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 2)])
+def test_gradients_match_finite_differences(rng, implementation, data_format, stride, dilation):
+    kernel_size, groups = 3, 2
+    x, kernel = random_case(rng, 1, 5, 6, 4, kernel_size, stride, groups, data_format)
+    weights = rng.standard_normal(
+        ref.involution_apply(x, kernel, kernel_size, stride, dilation, groups, data_format).shape
+    )
+
+    def loss_numpy(x_, k_):
+        out = ref.involution_apply(x_, k_, kernel_size, stride, dilation, groups, data_format)
+        return float(np.sum(out * weights))
+
+    def loss_backend(x_, k_):
+        out = involution_ops.involution_apply(
+            x_, k_, kernel_size, stride, dilation, groups, data_format,
+            implementation=implementation,
+        )
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(weights, out.dtype))
+
+    value, (grad_x, grad_kernel) = gradients(loss_backend, x, kernel)
+    np.testing.assert_allclose(value, loss_numpy(x, kernel), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad_x, finite_difference(loss_numpy, [x, kernel], 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        grad_kernel, finite_difference(loss_numpy, [x, kernel], 1), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_bad_implementation_is_rejected():
+    x = np.zeros((1, 4, 4, 2), "float32")
+    kernel = np.zeros((1, 4, 4, 9), "float32")
+    with pytest.raises(ValueError, match="implementation='magic'"):
+        involution_ops.involution_apply(x, kernel, 3, implementation="magic")
+
+
+def test_bad_data_format_is_rejected():
+    x = np.zeros((1, 4, 4, 2), "float32")
+    kernel = np.zeros((1, 4, 4, 9), "float32")
+    with pytest.raises(ValueError, match="data_format='NHWC'"):
+        involution_ops.involution_apply(x, kernel, 3, data_format="NHWC")
