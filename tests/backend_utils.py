@@ -32,3 +32,32 @@ def gradients(fn, *arrays):
     else:
         raise NotImplementedError(backend)
     return keras.ops.convert_to_numpy(value), [keras.ops.convert_to_numpy(g) for g in grads]
+
+
+def weight_gradients(model, loss_fn, x, y):
+    """Gradients of `loss_fn(y, model(x, training=True))` w.r.t. the trainable weights."""
+    backend = keras.backend.backend()
+    weights = model.trainable_weights
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, [w.value for w in weights])
+    elif backend == "jax":
+        import jax
+
+        non_trainable = [w.value for w in model.non_trainable_weights]
+
+        def stateless_loss(trainable):
+            out, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_fn(y, out)
+
+        grads = jax.grad(stateless_loss)([w.value for w in weights])
+    elif backend == "torch":
+        model.zero_grad()
+        loss_fn(y, model(x, training=True)).backward()
+        grads = [w.value.grad for w in weights]
+    else:
+        raise NotImplementedError(backend)
+    return [None if g is None else keras.ops.convert_to_numpy(g) for g in grads]

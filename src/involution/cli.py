@@ -56,6 +56,39 @@ def demo(args):
     return 0
 
 
+def compare(args):
+    """Trains the models one after another and writes the report."""
+    from involution.compare import CompareError, run_compare
+    from involution.data import DataError
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        run_compare(
+            models=models, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+            learning_rate=args.learning_rate, output=args.output, data=args.data,
+            limit=args.limit, resume=args.resume, verbose=0 if args.quiet else 1,
+            cache_dir=args.cache_dir,
+        )
+    except (CompareError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted. Finished epochs are saved; rerun with --resume "
+            "(and the same --output) to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="involution", description="Involutional neural networks on Keras 3."
@@ -66,6 +99,34 @@ def build_parser():
     demo_parser.add_argument("--size", type=int, default=256)
     _add_backend_option(demo_parser)
     demo_parser.set_defaults(handler=demo)
+
+    compare_parser = commands.add_parser(
+        "compare",
+        help="Train conv vs involution models on CIFAR-10 and write a report.",
+        description=(
+            "Trains the chosen models one after another with the Keras example's recipe "
+            "and writes report.html, report.md, plots, histories and models to --output."
+        ),
+    )
+    compare_parser.add_argument("--models", default="conv,involution",
+                                help="comma-separated registry names (default: conv,involution)")
+    compare_parser.add_argument("--epochs", type=_positive, default=20)
+    compare_parser.add_argument("--batch-size", type=_positive, default=256)
+    compare_parser.add_argument("--learning-rate", type=float, default=1e-3)
+    compare_parser.add_argument("--seed", type=int, default=42)
+    compare_parser.add_argument("--output", help="output folder (default: runs/<timestamp>)")
+    compare_parser.add_argument(
+        "--data",
+        help="local CIFAR-10: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image-folder "
+        "tree (folder or .tar.gz); default $INVOLUTION_DATA, else download",
+    )
+    compare_parser.add_argument("--cache-dir", help="decoded-data cache (default $INVOLUTION_CACHE or ~/.cache/involution)")
+    compare_parser.add_argument("--limit", type=_positive, help="use at most N training and N test images")
+    compare_parser.add_argument("--resume", action="store_true",
+                                help="continue the run in --output (default: the latest under runs/)")
+    compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_backend_option(compare_parser)
+    compare_parser.set_defaults(handler=compare)
     return parser
 
 

@@ -1,0 +1,103 @@
+"""Models built by name from one registry (shared by the CLI, tests, benchmarks).
+
+>>> from involution import models
+>>> models.list_models()[:2]
+['conv', 'involution']
+>>> model = models.create_model("involution", input_shape=(32, 32, 3), num_classes=10)
+"""
+
+import keras
+
+from involution.layer import Involution
+
+_REGISTRY = {}
+
+
+def register_model(name):
+    """Decorator: adds a model builder `fn(**kwargs) -> keras.Model` by name."""
+
+    def decorator(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_models():
+    """Names of the registered models, in registration order."""
+    return list(_REGISTRY)
+
+
+def describe_model(name):
+    """The first line of a registered model's docstring."""
+    return (_get_builder(name).__doc__ or "").strip().splitlines()[0]
+
+
+def create_model(name, **kwargs):
+    """Builds the registered model `name`.
+
+    Args:
+        name: one of `list_models()`.
+        **kwargs: passed to the builder; every builder accepts
+            `input_shape` and `num_classes`.
+
+    Returns:
+        An uncompiled `keras.Model` whose outputs are logits.
+    """
+    return _get_builder(name)(**kwargs)
+
+
+def _get_builder(name):
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown model. Expected one of {list_models()}. Received: name={name!r}"
+        )
+    return _REGISTRY[name]
+
+
+def _classifier_head(x, num_classes):
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(64, activation="relu", name="dense")(x)
+    return keras.layers.Dense(num_classes, name="logits")(x)
+
+
+@register_model("conv")
+def conv_model(input_shape=(32, 32, 3), num_classes=10, name="conv"):
+    """The Keras example's convolutional baseline (319,178 parameters on CIFAR-10)."""
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for index, filters in enumerate((32, 64, 64), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv_{index}")(x)
+        x = keras.layers.ReLU(name=f"relu_{index}")(x)
+        if index < 3:
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{index}")(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes), name=name)
+
+
+@register_model("involution")
+def involution_model(
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    group_number=1,
+    kernel_size=3,
+    reduction_ratio=2,
+    name="involution",
+):
+    """The Keras example's involution model (13,080 parameters on CIFAR-10)."""
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for index in (1, 2, 3):
+        x = Involution(
+            channel=input_shape[-1],
+            group_number=group_number,
+            kernel_size=kernel_size,
+            stride=1,
+            reduction_ratio=reduction_ratio,
+            name=f"inv_{index}",
+        )(x)
+        x = keras.layers.ReLU(name=f"relu_{index}")(x)
+        if index < 3:
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{index}")(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes), name=name)

@@ -1,0 +1,396 @@
+"""The comparison report: plots, `report.md` and a self-contained `report.html`.
+
+Both documents are rendered from one list of blocks (headings, paragraphs,
+tables, preformatted text, images), so they always say the same thing.
+"""
+
+import base64
+import html
+import os
+import platform
+import sys
+
+import numpy as np
+
+from involution.training import atomic_write_text
+
+CURVES_PNG = "curves.png"
+KERNELS_PNG = "kernels.png"
+SAMPLES_PNG = "samples.png"
+
+
+# Figures ------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path):
+    tmp = f"{path[:-4]}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_samples(images, labels, class_names, path, count=25):
+    """The example's 5x5 grid of training images with their class names."""
+    plt = _pyplot()
+    side = int(np.ceil(np.sqrt(min(count, len(images)))))
+    fig, axes = plt.subplots(side, side, figsize=(2 * side, 2 * side))
+    for index, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if index < min(count, len(images)):
+            ax.imshow(images[index])
+            ax.set_title(class_names[int(labels[index])], fontsize=9)
+    fig.suptitle("Training samples")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(histories, path):
+    """Loss and accuracy per epoch, train (solid) and test (dashed), side by side."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, history in enumerate(histories):
+        epochs = [e["epoch"] for e in history["epochs"]]
+        color = colors[index % len(colors)]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            ax.plot(epochs, [e.get(key, np.nan) for e in history["epochs"]], color=color,
+                    label=f"{history['model']} train")
+            ax.plot(epochs, [e.get(f"val_{key}", np.nan) for e in history["epochs"]], color=color,
+                    linestyle="--", label=f"{history['model']} test")
+    for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def involution_layers(model):
+    """The model's Involution layers, nested ones included, in call order."""
+    from involution.layer import Involution
+
+    found = []
+
+    def visit(layer):
+        if isinstance(layer, Involution):
+            found.append(layer)
+            return
+        for child in getattr(layer, "layers", []) or []:
+            visit(child)
+
+    visit(model)
+    return found
+
+
+def kernel_maps(model, images):
+    """Per involution layer: the generated kernel summed over K*K and groups.
+
+    Returns a list of `(layer name, array (N, H_out, W_out))`, computed in
+    inference mode for `images` (uint8 or float in [0, 1]).
+    """
+    import keras
+
+    layers = involution_layers(model)
+    if not layers:
+        return []
+    x = np.asarray(images, "float32")
+    if np.asarray(images).dtype == np.uint8:
+        x = x / 255.0
+    probe = keras.Model(model.input, [layer.input for layer in layers])
+    features = probe(x, training=False)
+    if len(layers) == 1:
+        features = [features]
+    maps = []
+    for layer, feature in zip(layers, features):
+        kernel = layer.kernel_generator(feature, training=False)
+        axis = -1 if layer.data_format == "channels_last" else 1
+        maps.append((layer.name, keras.ops.convert_to_numpy(keras.ops.sum(kernel, axis=axis))))
+    return maps
+
+
+def plot_kernels(models, images, path):
+    """Each image beside its kernel heat map for every involution layer."""
+    plt = _pyplot()
+    columns = [("input", None)]
+    for model in models:
+        for layer_name, maps in kernel_maps(model, images):
+            columns.append((f"{model.name}\n{layer_name}", maps))
+    rows = len(images)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.8 * len(columns), 1.8 * rows), squeeze=False)
+    for row in range(rows):
+        for col, (title, maps) in enumerate(columns):
+            ax = axes[row][col]
+            ax.axis("off")
+            if maps is None:
+                ax.imshow(images[row])
+            else:
+                ax.imshow(maps[row], cmap="magma")
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    fig.suptitle("Generated kernels, summed over the K×K window and groups")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+# Environment ------------------------------------------------------------------
+
+
+def environment():
+    """Backend, library versions and hardware, for the report header."""
+    import keras
+
+    versions = {"python": platform.python_version(), "keras": keras.__version__}
+    for module in ("numpy", "tensorflow", "jax", "torch", "matplotlib"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "?")
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB memory"
+    except (ValueError, OSError, AttributeError):
+        pass
+    cpu = platform.processor() or platform.machine()
+    return {
+        "backend": keras.backend.backend(),
+        "versions": versions,
+        "hardware": f"{os.cpu_count()} CPU cores ({cpu}){memory}, {platform.system()} {platform.release()}",
+    }
+
+
+def model_summary_text(model):
+    lines = []
+    model.summary(print_fn=lambda text, line_break=False: lines.append(text))
+    return "\n".join(lines)
+
+
+# Documents ------------------------------------------------------------------
+
+
+def _fmt_pct(value):
+    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.2f}%"
+
+
+def _fmt(value, digits=4):
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summarize(history):
+    """Final and best test metrics and time per epoch of one history."""
+    epochs = history["epochs"]
+    if not epochs:
+        return {"final_accuracy": None, "best_accuracy": None, "final_loss": None,
+                "best_loss": None, "epoch_time": None, "epochs": 0}
+    accuracy = [e.get("val_accuracy", np.nan) for e in epochs]
+    loss = [e.get("val_loss", np.nan) for e in epochs]
+    times = [e["time_s"] for e in epochs]
+    finite_acc = [a for a in accuracy if np.isfinite(a)]
+    finite_loss = [v for v in loss if np.isfinite(v)]
+    return {
+        "final_accuracy": accuracy[-1],
+        "best_accuracy": max(finite_acc) if finite_acc else None,
+        "final_loss": loss[-1],
+        "best_loss": min(finite_loss) if finite_loss else None,
+        # The first epoch includes compilation; the median is the steady state.
+        "epoch_time": float(np.median(times)),
+        "first_epoch_time": times[0],
+        "epochs": len(epochs),
+    }
+
+
+def summary_rows(histories):
+    rows = []
+    for history in histories:
+        s = summarize(history)
+        p = history["parameters"]
+        rows.append([
+            history["model"], f"{p['total']:,}", f"{p['trainable']:,}",
+            f"{s['epochs']}/{history['epochs_planned']}", _fmt_pct(s["final_accuracy"]),
+            _fmt_pct(s["best_accuracy"]), _fmt(s["final_loss"]),
+            "–" if s["epoch_time"] is None else f"{s['epoch_time']:.1f} s",
+            history["status"],
+        ])
+    return rows
+
+
+SUMMARY_HEADER = ["model", "parameters", "trainable", "epochs", "final test acc.",
+                  "best test acc.", "final test loss", "time / epoch (median)", "status"]
+
+
+def format_table(header, rows):
+    """A plain-text table for the terminal."""
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def build_blocks(run, histories, summaries_text, figures):
+    """The report's content, in order, as (kind, payload) blocks."""
+    env = run["environment"]
+    blocks = [("h1", "Involution vs convolution on CIFAR-10")]
+    blocks.append(("p", (
+        "Each model was trained with the Keras example's recipe: pixels scaled to [0, 1], "
+        f"shuffled every epoch, batch {run['batch_size']}, Adam (learning rate {run['learning_rate']}), "
+        f"sparse categorical cross-entropy from logits, {run['epochs']} epochs, evaluated on the "
+        "test set after every epoch.")))
+    blocks.append(("h2", "Run"))
+    blocks.append(("table", (["setting", "value"], [
+        ["command", run["command"]],
+        ["data", run["data"]],
+        ["training / test images", f"{run['train_size']:,} / {run['test_size']:,}"],
+        ["seed", str(run["seed"])],
+        ["backend", env["backend"]],
+        ["libraries", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
+        ["hardware", env["hardware"]],
+        ["started", run["started"]],
+        ["wall time (this invocation)", f"{run['wall_time_s']:.0f} s"],
+        ["training time (all models, all invocations)", f"{run['train_time_s']:.0f} s"],
+    ])))
+    blocks.append(("h2", "Results"))
+    blocks.append(("table", (SUMMARY_HEADER, summary_rows(histories))))
+    for history in histories:
+        if history.get("message"):
+            blocks.append(("p", f"**{history['model']}**: {history['message']}"))
+    blocks.append(("h2", "Learning curves"))
+    blocks.append(("img", (figures["curves"], "Loss and accuracy per epoch")))
+    if figures.get("kernels"):
+        blocks.append(("h2", "Generated kernels"))
+        blocks.append(("p", (
+            "For 10 test images: the input and, for each involution layer, the kernel it "
+            "generates at every pixel, summed over its K×K window and its groups.")))
+        blocks.append(("img", (figures["kernels"], "Kernel heat maps")))
+    blocks.append(("h2", "Parameters"))
+    for history in histories:
+        p = history["parameters"]
+        blocks.append(("h3", history["model"]))
+        blocks.append(("table", (["total", "trainable", "non-trainable"],
+                                 [[f"{p['total']:,}", f"{p['trainable']:,}", f"{p['non_trainable']:,}"]])))
+        if history["model"] in summaries_text:
+            blocks.append(("pre", summaries_text[history["model"]]))
+    blocks.append(("h2", "Per-epoch metrics"))
+    for history in histories:
+        blocks.append(("h3", history["model"]))
+        rows = [[str(e["epoch"]), _fmt(e.get("loss")), _fmt_pct(e.get("accuracy")),
+                 _fmt(e.get("val_loss")), _fmt_pct(e.get("val_accuracy")), f"{e['time_s']:.1f}"]
+                for e in history["epochs"]]
+        blocks.append(("table", (["epoch", "train loss", "train acc.", "test loss", "test acc.", "time (s)"], rows)))
+    blocks.append(("h2", "Data"))
+    blocks.append(("img", (figures["samples"], "Training samples")))
+    return blocks
+
+
+def _md_cell(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks):
+    out = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + payload)
+        elif kind == "p":
+            out.append(payload)
+        elif kind == "pre":
+            out.append("```\n" + payload + "\n```")
+        elif kind == "table":
+            header, rows = payload
+            lines = ["| " + " | ".join(map(_md_cell, header)) + " |",
+                     "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            path, alt = payload
+            out.append(f"![{alt}]({os.path.basename(path)})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_bold(text):
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks):
+    body = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_bold(payload)}</p>")
+        elif kind == "pre":
+            body.append(f"<pre>{html.escape(payload)}</pre>")
+        elif kind == "table":
+            header, rows = payload
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+            rows_html = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>")
+        elif kind == "img":
+            path, alt = payload
+            with open(path, "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" />'
+                        f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:12px}"
+        "img{max-width:100%}figcaption{color:#666;font-size:90%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8" />'
+        "<title>Involution vs convolution on CIFAR-10</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def one_per_class(labels, count=10):
+    """Indices of the first image of each class (then the next ones), `count` in all."""
+    labels = np.asarray(labels)
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+    rest = [i for i in range(len(labels)) if i not in set(firsts)]
+    return (firsts + rest)[:count]
+
+
+def write_report(output_dir, run, histories, models, dataset, summaries=None):
+    """Writes the PNGs, `report.md` and `report.html` into `output_dir`.
+
+    Args:
+        output_dir: the run's folder.
+        run: the run's settings and environment (see `involution.compare`).
+        histories: the models' history dicts.
+        models: `{name: trained keras.Model}`.
+        dataset: the `Dataset` trained on (for sample and kernel images).
+        summaries: `{name: text}` per-layer summaries; by default
+            `model.summary()` of `models`.
+    """
+    figures = {
+        "curves": os.path.join(output_dir, CURVES_PNG),
+        "samples": os.path.join(output_dir, SAMPLES_PNG),
+    }
+    plot_curves(histories, figures["curves"])
+    # Image-folder sources are stored class by class: show a random sample.
+    sample = np.random.default_rng(run.get("seed", 0)).permutation(len(dataset.x_train))[:25]
+    plot_samples(dataset.x_train[sample], dataset.y_train[sample], dataset.class_names, figures["samples"])
+    involution_models = [m for m in models.values() if involution_layers(m)]
+    if involution_models:
+        figures["kernels"] = os.path.join(output_dir, KERNELS_PNG)
+        shown = one_per_class(dataset.y_test)
+        plot_kernels(involution_models, dataset.x_test[shown], figures["kernels"])
+    if summaries is None:
+        summaries = {name: model_summary_text(model) for name, model in models.items()}
+    blocks = build_blocks(run, histories, summaries, figures)
+    atomic_write_text(os.path.join(output_dir, "report.md"), render_markdown(blocks))
+    atomic_write_text(os.path.join(output_dir, "report.html"), render_html(blocks))
+    return blocks

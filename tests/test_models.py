@@ -1,0 +1,57 @@
+"""Every registered model: shape, finiteness, gradients, config round trip."""
+
+import keras
+import numpy as np
+import pytest
+
+from involution import models
+from tests.backend_utils import weight_gradients
+
+# Registry models small enough to run on 32x32 inputs in a unit test.
+ALL_MODELS = models.list_models()
+
+
+def test_registry_lists_and_rejects():
+    assert ALL_MODELS[:2] == ["conv", "involution"]
+    with pytest.raises(ValueError, match=r"Unknown model.*Received: name='resnet'"):
+        models.create_model("resnet")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("conv")(lambda **kwargs: None)
+
+
+def test_example_parameter_counts():
+    conv = models.create_model("conv")
+    inv = models.create_model("involution")
+    assert conv.count_params() == 319_178
+    assert inv.count_params() == 13_080
+    assert sum(int(np.prod(w.shape)) for w in inv.trainable_weights) == 13_074
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_output_gradients_and_config(name, rng):
+    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=7)
+    x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    assert logits.shape == (2, 7)
+    assert np.isfinite(logits).all()
+
+    weights = model.trainable_weights
+    labels = keras.ops.convert_to_tensor(np.array([1, 3]))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    grads = weight_gradients(model, loss_fn, keras.ops.convert_to_tensor(x), labels)
+    for w, g in zip(weights, grads):
+        assert g is not None, f"{w.path} gets no gradient"
+        assert np.isfinite(g).all(), w.path
+        # A bias right before batch normalization is cancelled by the batch
+        # mean, so its true gradient is zero.
+        if not w.path.endswith("reduce/bias"):
+            assert np.abs(g).sum() > 0, f"{w.path} gets a zero gradient"
+
+    # The training-mode call above moved the batch-norm statistics.
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(clone(x, training=False)), logits, rtol=1e-5, atol=1e-5
+    )
