@@ -91,6 +91,8 @@ def involution_apply(
             f"{keras.backend.backend()!r} backend. Use 'auto' or 'reference'."
         )
     if implementation != "reference" and fast_path is not None:
+        inputs = ops.convert_to_tensor(inputs)
+        kernel = ops.convert_to_tensor(kernel, dtype=inputs.dtype)
         return fast_path(
             inputs, kernel, kernel_size, stride, dilation, groups, data_format
         )
@@ -101,7 +103,16 @@ def involution_apply(
 
 def _fast_path_for_backend():
     """The backend's fast apply function, or None where there is none."""
-    return None
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from involution.backends.jax_backend import involution_apply as fast
+    elif backend == "tensorflow":
+        from involution.backends.tensorflow_backend import involution_apply as fast
+    elif backend == "torch":
+        from involution.backends.torch_backend import involution_apply as fast
+    else:
+        return None
+    return fast
 
 
 def involution_apply_reference(

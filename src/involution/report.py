@@ -138,7 +138,7 @@ def plot_kernels(models, images, path):
             if row == 0:
                 ax.set_title(title, fontsize=8)
     fig.suptitle("Generated kernels, summed over the K×K window and groups")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     _save_figure(fig, path)
     plt.close(fig)
 
