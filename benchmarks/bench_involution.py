@@ -147,7 +147,8 @@ def _runner(formulation, forward, inputs, backward):
     import torch
 
     torch.set_grad_enabled(backward)
-    tensors = [torch.tensor(a, requires_grad=backward) for a in inputs]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tensors = [torch.tensor(a, requires_grad=backward, device=device) for a in inputs]
 
     def step():
         out = forward(*tensors)
@@ -155,8 +156,41 @@ def _runner(formulation, forward, inputs, backward):
             for t in tensors:
                 t.grad = None
             (out**2).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return step
+
+
+def _device_peak_bytes():
+    """Peak bytes of the accelerator's allocator, or None on CPU."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            return (device.memory_stats() or {}).get("peak_bytes_in_use")
+    return None
+
+
+def device_name():
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    return "cpu"
 
 
 def worker(backend_formulation_shape, warmup, repeats):
@@ -174,13 +208,17 @@ def worker(backend_formulation_shape, warmup, repeats):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    device_peak = _device_peak_bytes()
+    if device_peak is not None:
+        peak = device_peak  # the accelerator's memory, inputs included
     return {
         "median_ms": 1000 * statistics.median(times),
         "min_ms": 1000 * min(times),
         "max_ms": 1000 * max(times),
         "first_call_ms": 1000 * first,
-        "peak_mib": max(peak - baseline, 0) / 2**20,
+        "peak_mib": max(peak, 0) / 2**20,
+        "device": device_name(),
     }
 
 
@@ -233,6 +271,15 @@ def _run_subprocess(backend, args, timeout):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def _save_json(path, results):
+    """Written after every measurement, atomically: an interrupted run keeps its results."""
+    if not path:
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def installed_backends():
@@ -334,6 +381,7 @@ def main(argv=None):
                 for pass_name in ("fwd", "fwd+bwd"):
                     entry = _run_subprocess(backend, ["--worker", formulation, shape_name, pass_name, *common], args.timeout)
                     results.setdefault(backend, {}).setdefault(shape_name, {}).setdefault(formulation, {})[pass_name] = entry
+                    _save_json(args.json, results)
                     shown = f"{entry['median_ms']:.1f} ms, {entry['peak_mib']:.0f} MiB" if "median_ms" in entry else entry["error"]
                     print(f"{backend:<10} {shape_name:<7} {formulation:<15} {pass_name:<8} {shown}", flush=True)
     if not args.skip_training:
@@ -344,12 +392,11 @@ def main(argv=None):
                 extra += ["--train-data", args.train_data]
             entry = _run_subprocess(backend, ["--train-worker", *extra], args.timeout * 3)
             results["training"][backend] = entry
+            _save_json(args.json, results)
             print(f"{backend:<10} training {entry}", flush=True)
     table = format_markdown(results, args)
     print(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    _save_json(args.json, results)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table)

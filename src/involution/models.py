@@ -101,3 +101,42 @@ def involution_model(
         if index < 3:
             x = keras.layers.MaxPooling2D(2, name=f"pool_{index}")(x)
     return keras.Model(inputs, _classifier_head(x, num_classes), name=name)
+
+
+def _register_rednets():
+    from involution.rednet import DEPTHS, RedNet
+
+    for depth in DEPTHS:
+
+        def imagenet(input_shape=(224, 224, 3), num_classes=1000, depth=depth, **kwargs):
+            return RedNet(depth, num_classes=num_classes, input_shape=input_shape, **kwargs)
+
+        def cifar(input_shape=(32, 32, 3), num_classes=10, depth=depth, width=16, **kwargs):
+            return RedNet(depth, num_classes=num_classes, input_shape=input_shape, stem="cifar",
+                          width=width, **kwargs)
+
+        imagenet.__doc__ = f"RedNet-{depth}, the paper's ImageNet configuration."
+        cifar.__doc__ = f"RedNet-{depth} with a stride-1 stem for 32x32 inputs, width 16 (4x narrower)."
+        register_model(f"rednet{depth}")(imagenet)
+        register_model(f"rednet{depth}_cifar")(cifar)
+
+
+@register_model("invnet")
+def invnet_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
+    """A residual involution network: 1x1 convs mix channels, involution mixes space."""
+    from involution.networks import involution_net
+
+    return involution_net(input_shape, num_classes, **kwargs)
+
+
+@register_model("attention_net")
+def attention_net_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
+    """The invnet skeleton with local self-attention kernels instead of the paper's generator."""
+    from involution.networks import involution_net
+
+    kwargs.setdefault("name", "attention_net")
+    kwargs.setdefault("key_dim", 4)
+    return involution_net(input_shape, num_classes, attention=True, **kwargs)
+
+
+_register_rednets()

@@ -78,7 +78,7 @@ def _compiled(kernel_size, stride, dilation, groups, data_format):
     grouped = _grouped_involution(kernel_size, stride, dilation)
     taps = kernel_size * kernel_size
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
+    @tf.function(jit_compile=True)
     def apply(inputs, kernel):
         if data_format == "channels_last":
             inputs = tf.transpose(inputs, (0, 3, 1, 2))

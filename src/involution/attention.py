@@ -1,0 +1,175 @@
+"""Local self-attention as an involution kernel generator.
+
+Involution's claim (and the Keras example's) is that self-attention is one
+point in its design space: attention over a pixel's K×K window computes,
+per head, weights `softmax_t(q · k_t / sqrt(d) + r_t)` over the window taps
+`t` and takes the weighted sum of the window's values. With the heads as
+involution groups and the input's channels as the values, those weights are
+exactly an involution kernel, position-specific and shared by the channels
+of a group. `LocalAttentionKernelGenerator` produces them, and the ordinary
+`Involution` layer applies them, with the same apply step as the paper's
+generator.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from involution import ops as involution_ops
+from involution.layer import Involution, _check_input_shape, _positive_int
+
+
+def window_logits(queries, keys, kernel_size, stride, dilation):
+    """`q · k` over every pixel's window, channels_last, per group.
+
+    Args:
+        queries: `(B, Ho, Wo, G, d)`, one query per output pixel and group.
+        keys: `(B, H, W, G, d)`.
+
+    Returns:
+        `(logits (B, Ho, Wo, G, K*K), valid (1, Ho, Wo, 1, K*K))`: `valid`
+        is 1 where the tap lies inside the image (zero padding elsewhere).
+    """
+    pad = dilation * (kernel_size - 1) // 2
+    padded = ops.pad(keys, [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
+    inside = ops.pad(ops.ones_like(keys[:1, :, :, :1, :1]), [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
+    out_h, out_w = ops.shape(queries)[1], ops.shape(queries)[2]
+    row_span = (out_h - 1) * stride + 1
+    col_span = (out_w - 1) * stride + 1
+    logits, valid = [], []
+    for tap in range(kernel_size * kernel_size):
+        row = (tap // kernel_size) * dilation
+        col = (tap % kernel_size) * dilation
+        window = (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
+        logits.append(ops.sum(queries * padded[window], axis=-1))
+        valid.append(inside[window][..., 0])
+    return ops.stack(logits, axis=-1), ops.stack(valid, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class LocalAttentionKernelGenerator(keras.layers.Layer):
+    """Generates involution kernels by local self-attention.
+
+    For every output pixel and group (head) `g`: a query `q = W_q x` (at the
+    pixel, average-pooled by `stride` like the paper's generator), keys
+    `k = W_k x` at every tap `t` of the K×K window, and a learned relative
+    position term `r[g, t]`; the kernel is `softmax_t(q · k_t / sqrt(d) +
+    r[g, t])`, with taps outside the image masked out. Plugged into
+    `Involution`, the layer computes windowed self-attention whose values
+    are the input's channels (group `g`'s channels attend with head `g`).
+
+    Args:
+        kernel_size: int, odd, the window side.
+        stride: int, the involution's stride.
+        group_number: int, the number of heads (= involution groups).
+        key_dim: int, the query/key size per head.
+        dilation: int, the window's dilation (must match the involution's).
+        data_format: `"channels_last"`, `"channels_first"` or None.
+        **kwargs: base layer arguments.
+
+    Input shape:
+        4D tensor, like `Involution`'s input.
+
+    Output shape:
+        `(batch, ceil(H / stride), ceil(W / stride), group_number *
+        kernel_size**2)` (channels first for `"channels_first"`),
+        group-major; each group's `K*K` weights sum to 1.
+
+    Example:
+
+    >>> generator = LocalAttentionKernelGenerator(7, group_number=4, key_dim=8)
+    >>> layer = Involution(group_number=4, kernel_size=7, kernel_generator=generator)
+    >>> layer(keras.random.normal((2, 16, 16, 32))).shape
+    (2, 16, 16, 32)
+    """
+
+    def __init__(self, kernel_size, stride=1, group_number=1, key_dim=8, dilation=1,
+                 data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
+        self.stride = _positive_int(stride, "stride")
+        self.group_number = _positive_int(group_number, "group_number")
+        self.key_dim = _positive_int(key_dim, "key_dim")
+        self.dilation = _positive_int(dilation, "dilation")
+        self.data_format = involution_ops.standardize_data_format(data_format)
+
+    def build(self, input_shape):
+        _check_input_shape(self, input_shape)
+        if self.data_format == "channels_first":
+            input_shape = (input_shape[0], input_shape[2], input_shape[3], input_shape[1])
+        width = self.group_number * self.key_dim
+        common = dict(dtype=self.dtype_policy, use_bias=False)
+        self.pool = None
+        if self.stride > 1:
+            self.pool = keras.layers.AveragePooling2D(
+                self.stride, self.stride, padding="same", dtype=self.dtype_policy, name="pool"
+            )
+        self.query = keras.layers.Conv2D(width, 1, name="query", **common)
+        self.key = keras.layers.Conv2D(width, 1, name="key", **common)
+        self.query.build(input_shape)
+        self.key.build(input_shape)
+        self.relative_position = self.add_weight(
+            shape=(self.group_number, self.kernel_size * self.kernel_size),
+            initializer="zeros",
+            name="relative_position",
+        )
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, (0, 2, 3, 1))
+        pooled = x if self.pool is None else self.pool(x)
+        queries = self._heads(self.query(pooled))
+        keys = self._heads(self.key(x))
+        logits, valid = window_logits(queries, keys, self.kernel_size, self.stride, self.dilation)
+        logits = logits / math.sqrt(self.key_dim) + ops.cast(self.relative_position, logits.dtype)
+        # Taps in the zero padding are not part of the image: mask them out.
+        logits = ops.where(valid > 0, logits, ops.full_like(logits, -1e4))
+        weights = ops.softmax(logits, axis=-1)  # (B, Ho, Wo, G, K*K)
+        kernel = ops.concatenate([weights[..., g, :] for g in range(self.group_number)], axis=-1)
+        if self.data_format == "channels_first":
+            kernel = ops.transpose(kernel, (0, 3, 1, 2))
+        return kernel
+
+    def _heads(self, x):
+        """(B, H, W, G*d) -> (B, H, W, G, d) without dynamic-shape reshapes."""
+        return ops.stack(
+            [x[..., g * self.key_dim : (g + 1) * self.key_dim] for g in range(self.group_number)],
+            axis=-2,
+        )
+
+    def compute_output_shape(self, input_shape):
+        taps = self.group_number * self.kernel_size * self.kernel_size
+        if self.data_format == "channels_last":
+            batch, height, width, _ = input_shape
+            return (batch, involution_ops.output_size(height, self.stride),
+                    involution_ops.output_size(width, self.stride), taps)
+        batch, _, height, width = input_shape
+        return (batch, taps, involution_ops.output_size(height, self.stride),
+                involution_ops.output_size(width, self.stride))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "group_number": self.group_number,
+            "key_dim": self.key_dim,
+            "dilation": self.dilation,
+            "data_format": self.data_format,
+        })
+        return config
+
+
+def local_attention(channels, heads, kernel_size=7, stride=1, key_dim=8, name=None, **kwargs):
+    """An `Involution` layer whose kernels are local self-attention weights."""
+    generator = LocalAttentionKernelGenerator(
+        kernel_size, stride=stride, group_number=heads, key_dim=key_dim,
+        name=None if name is None else f"{name}_attention",
+    )
+    return Involution(
+        channel=channels, group_number=heads, kernel_size=kernel_size, stride=stride,
+        reduction_ratio=1, kernel_generator=generator, name=name, **kwargs,
+    )
+

@@ -1,0 +1,143 @@
+"""RedNet: the paper's ResNet with involution (Li et al., CVPR 2021).
+
+Each bottleneck's 3x3 convolution becomes a 7x7 involution that carries the
+block's stride (reduction ratio 4, 16 channels per group), and the stem's
+middle step is a 3x3 involution. Depths 26, 38, 50, 101 and 152 follow the
+official implementation; `stem="cifar"` swaps the ImageNet stem (stride 4)
+for one that keeps 32x32 inputs at full resolution.
+"""
+
+import keras
+
+from involution.layer import Involution
+
+DEPTHS = {
+    26: (1, 2, 4, 1),
+    38: (2, 3, 5, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+EXPANSION = 4
+GROUP_CHANNELS = 16
+
+
+def _conv_bn(x, filters, kernel_size, strides, name, activation=True):
+    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                            use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
+
+
+def _involution(x, channels, kernel_size, stride, name):
+    return Involution(
+        channel=channels,
+        group_number=max(channels // GROUP_CHANNELS, 1),
+        kernel_size=kernel_size,
+        stride=stride,
+        reduction_ratio=4,
+        name=name,
+    )(x)
+
+
+def _bottleneck(x, mid_channels, stride, name):
+    out_channels = mid_channels * EXPANSION
+    shortcut = x
+    if stride != 1 or x.shape[-1] != out_channels:
+        shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", activation=False)
+    y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1")
+    y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution")
+    y = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_2_bn")(y)
+    y = keras.layers.ReLU(name=f"{name}_2_relu")(y)
+    y = _conv_bn(y, out_channels, 1, 1, f"{name}_3", activation=False)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class RedNet(keras.Model):
+    """RedNet, the involution ResNet, as a Keras model.
+
+    Args:
+        depth: one of 26, 38, 50, 101, 152.
+        include_top: whether to end with global average pooling and a
+            `num_classes` logits layer; without it the model outputs the
+            last stage's feature map.
+        num_classes: the number of classes of the top.
+        input_shape: the input's shape, `(None, None, 3)` (any size) by
+            default.
+        stem: `"imagenet"` (stride 2 conv, 3x3 involution, conv, max pool:
+            stride 4, as in the paper) or `"cifar"` (the same without the
+            strides, for 32x32 inputs).
+        width: the first stage's bottleneck width (64 in the paper); every
+            stage doubles it and outputs `4 * width` channels.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Attributes:
+        pyramid_outputs: `{"stem": ..., "stage1": ..., ..., "stage4": ...}`
+            symbolic feature maps (strides 4, 4, 8, 16, 32 with the ImageNet
+            stem), for a detection or segmentation head:
+            `keras.Model(model.input, model.pyramid_outputs)`.
+
+    Example:
+
+    >>> model = RedNet(26, num_classes=10, input_shape=(32, 32, 3), stem="cifar", width=16)
+    >>> features = keras.Model(model.input, model.pyramid_outputs)
+
+    Reference:
+        Li et al., "Involution: Inverting the Inherence of Convolution for
+        Visual Recognition", CVPR 2021.
+    """
+
+    def __init__(self, depth=50, include_top=True, num_classes=1000, input_shape=(None, None, 3),
+                 stem="imagenet", width=64, **kwargs):
+        if depth not in DEPTHS:
+            raise ValueError(f"The `depth` argument must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"The `stem` argument must be 'imagenet' or 'cifar'. Received: stem={stem!r}")
+        stem_channels = width
+        inputs = keras.Input(tuple(input_shape), name="image")
+        stem_stride = 2 if stem == "imagenet" else 1
+        x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1")
+        x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution")
+        x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_2_bn")(x)
+        x = keras.layers.ReLU(name="stem_2_relu")(x)
+        x = _conv_bn(x, stem_channels, 3, 1, "stem_3")
+        if stem == "imagenet":
+            x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        pyramid = {"stem": x}
+        for stage, blocks in enumerate(DEPTHS[depth]):
+            mid = width * 2**stage
+            for block in range(blocks):
+                stride = 2 if (stage > 0 and block == 0) else 1
+                x = _bottleneck(x, mid, stride, f"stage{stage + 1}_block{block + 1}")
+            pyramid[f"stage{stage + 1}"] = x
+        outputs = x
+        if include_top:
+            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            outputs = keras.layers.Dense(num_classes, name="logits")(x)
+        kwargs.setdefault("name", f"rednet{depth}" + ("_cifar" if stem == "cifar" else ""))
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.depth = depth
+        self.include_top = include_top
+        self.num_classes = num_classes
+        self._input_shape_arg = tuple(input_shape)
+        self.stem = stem
+        self.width = width
+        self.pyramid_outputs = pyramid
+
+    def get_config(self):
+        return {
+            "depth": self.depth,
+            "include_top": self.include_top,
+            "num_classes": self.num_classes,
+            "input_shape": self._input_shape_arg,
+            "stem": self.stem,
+            "width": self.width,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
