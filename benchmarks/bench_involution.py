@@ -3,11 +3,13 @@
 Times forward and forward+backward (median and spread over repeats, after
 warm-up) and the peak memory of:
 
-- `ours-fast`: this project's apply step, the backend's fast path;
+- `ours-fast`: this project's apply step, the backend's fast path (none on
+  JAX, where the reference is what runs);
 - `ours-reference`: this project's portable `keras.ops` apply step;
 - `ours-layer`: the whole `Involution` layer (kernel generation included);
 - `example`: the Keras example's formulation (extract_patches, multiply,
-  sum), re-implemented here; on TensorFlow also under XLA (`example-xla`);
+  sum), re-implemented here with each backend's patch op; on TensorFlow
+  also under XLA (`example-xla`);
 - `official`: the official PyTorch formulation (nn.Unfold, multiply, sum),
   re-implemented here (PyTorch only);
 - `conv3x3`, `conv7x7`: Conv2D of the same width, for scale;
@@ -41,9 +43,15 @@ SHAPES = {
 FORMULATIONS = ["ours-fast", "ours-reference", "ours-layer", "example", "example-xla",
                 "official", "conv3x3", "conv7x7"]
 AVAILABLE = {
+    "ours-fast": {"tensorflow", "torch"},
     "example-xla": {"tensorflow"},
     "official": {"torch"},
 }
+# JAX's only patch op is a convolution with an identity kernel
+# (`conv_general_dilated_patches`); its backward on CPU takes tens of seconds
+# a step at these shapes, which measures that op, not the formulation. The
+# ratios use the example on TensorFlow (its own backend) anyway.
+DEFAULT_EXCLUDE = "jax:example"
 
 
 # Worker: one formulation, one shape, one backend --------------------------------
@@ -54,12 +62,47 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _patches_nhwc(x, kernel_size):
+    """(B, H, W, K*K*C) neighbourhoods, ordered (ky, kx, c), with each backend's own op.
+
+    The example calls `tf.image.extract_patches`; the same patch tensor comes
+    from `lax.conv_general_dilated_patches` on JAX and `nn.functional.unfold`
+    on PyTorch. (`keras.ops.image.extract_patches` is not used: it is a
+    convolution with an identity kernel, far slower than any of these.)
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    batch, height, width, channels = x.shape
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.image.extract_patches(x, [1, kernel_size, kernel_size, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
+    if backend == "jax":
+        from jax import lax
+
+        patches = lax.conv_general_dilated_patches(
+            x, (kernel_size, kernel_size), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # JAX orders the patch channels (c, ky, kx); reorder to (ky, kx, c).
+        patches = patches.reshape(batch, height, width, channels, kernel_size * kernel_size)
+        return patches.transpose(0, 1, 2, 4, 3).reshape(batch, height, width, -1)
+    import torch
+
+    unfolded = torch.nn.functional.unfold(x.permute(0, 3, 1, 2), kernel_size, padding=(kernel_size - 1) // 2)
+    unfolded = unfolded.view(batch, channels, kernel_size * kernel_size, height, width)
+    return unfolded.permute(0, 3, 4, 2, 1).reshape(batch, height, width, -1)
+
+
 def _example_apply(x, kernel, kernel_size, groups):
-    """The Keras example's apply: patches (B,H,W,K*K*C), reshape, multiply, sum."""
+    """The Keras example's apply: patches (B,H,W,K*K*C), reshape, multiply, sum.
+
+    Its grouping is the example's (channel c in group c % G), which changes
+    nothing about the work done.
+    """
     from keras import ops
 
     batch, height, width, channels = x.shape
-    patches = ops.image.extract_patches(x, kernel_size, strides=1, padding="same")
+    patches = _patches_nhwc(x, kernel_size)
     patches = ops.reshape(patches, (batch, height, width, kernel_size * kernel_size, channels // groups, groups))
     kernel = ops.reshape(kernel, (batch, height, width, kernel_size * kernel_size, 1, groups))
     return ops.reshape(ops.sum(kernel * patches, axis=3), (batch, height, width, channels))
@@ -110,7 +153,8 @@ def _build(formulation, shape):
         # mode) without writing the layer's state back.
         trainable = [v.value for v in layer.trainable_variables]
         non_trainable = [v.value for v in layer.non_trainable_variables]
-        return (lambda a: layer.stateless_call(trainable, non_trainable, a, training=True)[0]), (x,)
+        extra = {"training": True} if formulation == "ours-layer" else {}
+        return (lambda a: layer.stateless_call(trainable, non_trainable, a, **extra)[0]), (x,)
     return (lambda a: layer(a, training=True)), (x,)
 
 
@@ -222,8 +266,8 @@ def worker(backend_formulation_shape, warmup, repeats):
     }
 
 
-def train_worker(data, limit, epochs, batch_size):
-    """Seconds per epoch (the last epoch's, after compilation) for conv and involution."""
+def train_worker(data, limit, epochs, batch_size, model_names=("conv", "involution")):
+    """Seconds per epoch (the last epoch's, after compilation) of registry models."""
     import keras
     import numpy as np
 
@@ -239,7 +283,7 @@ def train_worker(data, limit, epochs, batch_size):
         x = rng.uniform(0, 1, (limit, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, limit)
     result = {}
-    for name in ("conv", "involution"):
+    for name in model_names:
         keras.utils.set_random_seed(0)
         model = create_model(name)
         compile_model(model, TrainConfig())
@@ -303,12 +347,12 @@ def format_markdown(results, args):
         lines.append(f"\n### {shape_name}: batch {batch}, {height}×{width}, {channels} channels, "
                      f"K {kernel_size}, {groups} group{'s' if groups > 1 else ''}\n")
         lines.append("| backend | formulation | forward (ms) | fwd+bwd (ms) | fwd+bwd spread (ms) | "
-                     "peak memory fwd+bwd (MiB) | fwd+bwd speed-up vs example | vs official (torch) |")
+                     "peak memory fwd+bwd (MiB) | fwd+bwd speed-up vs example (TF graph) | vs official (torch) |")
         lines.append("|---|---|---|---|---|---|---|---|")
         official = results.get("torch", {}).get(shape_name, {}).get("official", {}).get("fwd+bwd", {})
+        example = results.get("tensorflow", {}).get(shape_name, {}).get("example", {}).get("fwd+bwd", {})
         for backend in args.backends:
             rows = results.get(backend, {}).get(shape_name, {})
-            example = rows.get("example", {}).get("fwd+bwd", {})
             for formulation in FORMULATIONS:
                 if formulation not in rows:
                     continue
@@ -329,14 +373,17 @@ def format_markdown(results, args):
                              f"{cell(both, 'peak_mib', 0)} | {ratio(example)} | {ratio(official)} |")
     if "training" in results:
         lines.append("\n### Training time per epoch (compare command's models)\n")
-        lines.append("| backend | conv (s/epoch) | involution (s/epoch) | involution / conv |")
-        lines.append("|---|---|---|---|")
+        names = args.train_models.split(",")
+        lines.append("| backend | " + " | ".join(f"{n} (s/epoch)" for n in names) + " | "
+                     + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |")
+        lines.append("|---" * (2 * len(names)) + "|")
         for backend, entry in results["training"].items():
             if "error" in entry:
-                lines.append(f"| {backend} | error: {entry['error'][:80]} | | |")
+                lines.append(f"| {backend} | error: {entry['error'][:80]} |")
                 continue
-            conv, inv = entry["conv"]["epoch_s"], entry["involution"]["epoch_s"]
-            lines.append(f"| {backend} | {conv:.1f} | {inv:.1f} | {inv / conv:.2f} |")
+            times = [entry[n]["epoch_s"] for n in names]
+            lines.append(f"| {backend} | " + " | ".join(f"{t:.1f}" for t in times) + " | "
+                         + " | ".join(f"{t / times[0]:.2f}" for t in times[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -352,8 +399,14 @@ def main(argv=None):
                         help="CIFAR-10 source for the epoch timing (default $INVOLUTION_DATA; synthetic if unset)")
     parser.add_argument("--train-images", type=int, default=10000)
     parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--train-models", default="conv,involution",
+                        help="registry models whose epoch time is measured (the first is the baseline)")
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--exclude", default=DEFAULT_EXCLUDE,
+                        help=f"comma-separated backend:formulation pairs to skip (default {DEFAULT_EXCLUDE})")
+    parser.add_argument("--fresh", action="store_true",
+                        help="measure everything again instead of resuming from --json")
+    parser.add_argument("--json", help="write the results here (and resume from them when rerun)")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--worker", nargs=3, metavar=("FORMULATION", "SHAPE", "PASS"), help=argparse.SUPPRESS)
     parser.add_argument("--train-worker", action="store_true", help=argparse.SUPPRESS)
@@ -363,31 +416,44 @@ def main(argv=None):
         print("RESULT " + json.dumps(worker(args.worker, args.warmup, args.repeats)), flush=True)
         return 0
     if args.train_worker:
-        result = train_worker(args.train_data, args.train_images, args.train_epochs, 256)
+        result = train_worker(args.train_data, args.train_images, args.train_epochs, 256,
+                              args.train_models.split(","))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     args.backends = args.backends.split(",") if args.backends else installed_backends()
     args.shapes = args.shapes.split(",")
     formulations = args.formulations.split(",")
-    results = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
+    excluded = set(filter(None, args.exclude.split(",")))
+    results = {}
+    if args.json and os.path.exists(args.json) and not args.fresh:
+        with open(args.json) as f:
+            results = json.load(f)
+        print(f"Resuming from {args.json} (--fresh to start over).")
+    results.update(machine=machine_description(), date=time.strftime("%Y-%m-%d %H:%M"),
+                   command=" ".join([os.path.basename(sys.executable), *sys.argv]))
     common = ["--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     for backend in args.backends:
         for shape_name in args.shapes:
             for formulation in formulations:
-                if backend not in AVAILABLE.get(formulation, {backend}):
+                if backend not in AVAILABLE.get(formulation, {backend}) or f"{backend}:{formulation}" in excluded:
                     continue
                 for pass_name in ("fwd", "fwd+bwd"):
+                    done = results.get(backend, {}).get(shape_name, {}).get(formulation, {}).get(pass_name, {})
+                    if "median_ms" in done:
+                        continue
                     entry = _run_subprocess(backend, ["--worker", formulation, shape_name, pass_name, *common], args.timeout)
                     results.setdefault(backend, {}).setdefault(shape_name, {}).setdefault(formulation, {})[pass_name] = entry
                     _save_json(args.json, results)
                     shown = f"{entry['median_ms']:.1f} ms, {entry['peak_mib']:.0f} MiB" if "median_ms" in entry else entry["error"]
                     print(f"{backend:<10} {shape_name:<7} {formulation:<15} {pass_name:<8} {shown}", flush=True)
     if not args.skip_training:
-        results["training"] = {}
+        results.setdefault("training", {})
         for backend in args.backends:
-            extra = ["--train-images", str(args.train_images), "--train-epochs", str(args.train_epochs)]
+            if "error" not in results["training"].get(backend, {"error": ""}):
+                continue
+            extra = ["--train-images", str(args.train_images), "--train-epochs", str(args.train_epochs),
+                     "--train-models", args.train_models]
             if args.train_data:
                 extra += ["--train-data", args.train_data]
             entry = _run_subprocess(backend, ["--train-worker", *extra], args.timeout * 3)

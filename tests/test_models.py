@@ -7,16 +7,20 @@ import pytest
 from involution import models
 from tests.backend_utils import weight_gradients
 
-# Registry models small enough to run on 32x32 inputs in a unit test.
 ALL_MODELS = models.list_models()
 
 
 def test_registry_lists_and_rejects():
     assert ALL_MODELS[:2] == ["conv", "involution"]
+    assert {"invnet", "attention_net", "rednet26", "rednet152", "rednet26_cifar"} <= set(ALL_MODELS)
     with pytest.raises(ValueError, match=r"Unknown model.*Received: name='resnet'"):
         models.create_model("resnet")
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("conv")(lambda **kwargs: None)
+
+
+def test_invnet_is_a_third_of_the_conv_model():
+    assert models.create_model("invnet").count_params() <= 106_000
 
 
 def test_example_parameter_counts():
@@ -50,7 +54,7 @@ def test_model_output_gradients_and_config(name, rng):
     # The training-mode call above moved the batch-norm statistics.
     logits = keras.ops.convert_to_numpy(model(x, training=False))
 
-    clone = keras.Model.from_config(model.get_config())
+    clone = type(model).from_config(model.get_config())
     clone.set_weights(model.get_weights())
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(clone(x, training=False)), logits, rtol=1e-5, atol=1e-5

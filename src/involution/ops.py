@@ -104,9 +104,10 @@ def involution_apply(
 def _fast_path_for_backend():
     """The backend's fast apply function, or None where there is none."""
     backend = keras.backend.backend()
-    if backend == "jax":
-        from involution.backends.jax_backend import involution_apply as fast
-    elif backend == "tensorflow":
+    # JAX has none: under jit, XLA fuses the reference's forward into one loop
+    # and its autodiff recomputes the cheap per-tap slices instead of storing
+    # them; a custom VJP measured slower (docs/design.md).
+    if backend == "tensorflow":
         from involution.backends.tensorflow_backend import involution_apply as fast
     elif backend == "torch":
         from involution.backends.torch_backend import involution_apply as fast

@@ -18,6 +18,16 @@ def _window(padded, row, col, stride, out_h, out_w):
     ]
 
 
+# Each pass over the K*K taps works on a slice of the batch whose output fits
+# in the core's L2 cache, so the K*K accumulations hit cache, not memory.
+CACHE_BYTES = 2 * 2**20
+
+
+def _batch_chunks(tensor, per_sample_bytes):
+    step = max(1, CACHE_BYTES // max(per_sample_bytes, 1))
+    return [slice(start, start + step) for start in range(0, tensor.shape[0], step)]
+
+
 class GroupedInvolution(torch.autograd.Function):
     """x `(B, G, Cg, H, W)`, kernel `(B, G, K*K, Ho, Wo)` -> `(B, G, Cg, Ho, Wo)`."""
 
@@ -27,8 +37,11 @@ class GroupedInvolution(torch.autograd.Function):
         out_h, out_w = kernel.shape[-2:]
         padded = F.pad(x, (pad, pad, pad, pad))
         output = x.new_zeros(x.shape[:3] + (out_h, out_w))
-        for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
-            output.addcmul_(_window(padded, row, col, stride, out_h, out_w), kernel[:, :, tap : tap + 1])
+        taps = tap_offsets(kernel_size, dilation)
+        for chunk in _batch_chunks(output, output[0].numel() * output.element_size()):
+            out, xp, w = output[chunk], padded[chunk], kernel[chunk]
+            for tap, (row, col) in enumerate(taps):
+                out.addcmul_(_window(xp, row, col, stride, out_h, out_w), w[:, :, tap : tap + 1])
         ctx.save_for_backward(x, kernel)
         ctx.geometry = (kernel_size, stride, dilation)
         return output
@@ -43,14 +56,18 @@ class GroupedInvolution(torch.autograd.Function):
         padded = F.pad(x, (pad, pad, pad, pad))
         grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[0] else None
         grad_kernel = torch.empty_like(kernel) if ctx.needs_input_grad[1] else None
-        for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
-            if grad_kernel is not None:
-                window = _window(padded, row, col, stride, out_h, out_w)
-                torch.sum(grad * window, dim=2, out=grad_kernel[:, :, tap])
-            if grad_padded is not None:
-                _window(grad_padded, row, col, stride, out_h, out_w).addcmul_(
-                    grad, kernel[:, :, tap : tap + 1]
-                )
+        taps = tap_offsets(kernel_size, dilation)
+        for chunk in _batch_chunks(grad, 2 * grad[0].numel() * grad.element_size()):
+            g, xp, w = grad[chunk], padded[chunk], kernel[chunk]
+            product = torch.empty_like(g)
+            for tap, (row, col) in enumerate(taps):
+                if grad_kernel is not None:
+                    torch.mul(g, _window(xp, row, col, stride, out_h, out_w), out=product)
+                    torch.sum(product, dim=2, out=grad_kernel[chunk, :, tap])
+                if grad_padded is not None:
+                    _window(grad_padded[chunk], row, col, stride, out_h, out_w).addcmul_(
+                        g, w[:, :, tap : tap + 1]
+                    )
         grad_x = None
         if grad_padded is not None:
             grad_x = grad_padded[..., pad : pad + x.shape[-2], pad : pad + x.shape[-1]]
@@ -60,8 +77,13 @@ class GroupedInvolution(torch.autograd.Function):
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     taps = kernel_size * kernel_size
     if data_format == "channels_last":
-        inputs = inputs.permute(0, 3, 1, 2)
-        kernel = kernel.permute(0, 3, 1, 2)
+        # Copies, on purpose: the taps' windows must be contiguous along W for
+        # the accumulations to stream (a permuted view would reshape into
+        # views with the channel stride innermost, several times slower).
+        inputs = inputs.permute(0, 3, 1, 2).contiguous()
+        kernel = kernel.permute(0, 3, 1, 2).contiguous()
+    else:
+        inputs, kernel = inputs.contiguous(), kernel.contiguous()
     batch, channels, height, width = inputs.shape
     out_h, out_w = kernel.shape[-2:]
     x = inputs.reshape(batch, groups, channels // groups, height, width)

@@ -1,0 +1,62 @@
+"""RedNet: parameter counts against the official ones, features, sizes."""
+
+import keras
+import numpy as np
+import pytest
+
+from involution import models
+from involution.rednet import RedNet
+
+# Official parameter counts (millions) of the paper's ImageNet models.
+OFFICIAL = {26: 9.23, 38: 12.39, 50: 15.54, 101: 25.65, 152: 33.99}
+
+
+@pytest.mark.parametrize("depth", sorted(OFFICIAL))
+def test_parameter_counts_match_official(depth):
+    model = models.create_model(f"rednet{depth}")
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert abs(trainable / 1e6 - OFFICIAL[depth]) / OFFICIAL[depth] < 0.01, trainable
+    assert model.output_shape == (None, 1000)
+
+
+def test_pyramid_outputs_and_any_input_size(rng):
+    model = RedNet(26, num_classes=5, width=16)
+    features = keras.Model(model.input, model.pyramid_outputs)
+    x = rng.uniform(0, 1, (1, 64, 80, 3)).astype("float32")
+    maps = {k: keras.ops.convert_to_numpy(v) for k, v in features(x).items()}
+    assert maps["stem"].shape == (1, 16, 20, 16)
+    assert maps["stage1"].shape == (1, 16, 20, 64)
+    assert maps["stage2"].shape == (1, 8, 10, 128)
+    assert maps["stage3"].shape == (1, 4, 5, 256)
+    assert maps["stage4"].shape == (1, 2, 3, 512)
+    assert model(x).shape == (1, 5)
+    assert model(rng.uniform(0, 1, (2, 37, 41, 3)).astype("float32")).shape == (2, 5)
+
+
+def test_cifar_stem_keeps_resolution():
+    model = models.create_model("rednet26_cifar")
+    features = keras.Model(model.input, model.pyramid_outputs)
+    shapes = {k: tuple(v.shape) for k, v in zip(model.pyramid_outputs, features.outputs)}
+    assert shapes["stage1"] == (None, 32, 32, 64)
+    assert shapes["stage4"] == (None, 4, 4, 512)
+
+
+def test_without_top_and_config_round_trip(tmp_path, rng):
+    model = RedNet(26, include_top=False, input_shape=(32, 32, 3), stem="cifar", width=8)
+    assert model.output_shape == (None, 4, 4, 256)
+    clone = RedNet.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "rednet.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert isinstance(reloaded, RedNet)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Received: depth=34"):
+        RedNet(34)
+    with pytest.raises(ValueError, match="Received: stem='tiny'"):
+        RedNet(26, stem="tiny")
