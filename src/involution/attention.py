@@ -100,11 +100,6 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
             input_shape = (input_shape[0], input_shape[2], input_shape[3], input_shape[1])
         width = self.group_number * self.key_dim
         common = dict(dtype=self.dtype_policy, use_bias=False)
-        self.pool = None
-        if self.stride > 1:
-            self.pool = keras.layers.AveragePooling2D(
-                self.stride, self.stride, padding="same", dtype=self.dtype_policy, name="pool"
-            )
         self.query = keras.layers.Conv2D(width, 1, name="query", **common)
         self.key = keras.layers.Conv2D(width, 1, name="key", **common)
         self.query.build(input_shape)
@@ -119,7 +114,9 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
         x = inputs
         if self.data_format == "channels_first":
             x = ops.transpose(x, (0, 2, 3, 1))
-        pooled = x if self.pool is None else self.pool(x)
+        pooled = x
+        if self.stride > 1:
+            pooled = involution_ops.average_pool_same(x, self.stride, "channels_last")
         queries = self._heads(self.query(pooled))
         keys = self._heads(self.key(x))
         logits, valid = window_logits(queries, keys, self.kernel_size, self.stride, self.dilation)

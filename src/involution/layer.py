@@ -97,15 +97,6 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 f"one channel. Received: reduction_ratio={self.reduction_ratio}"
             )
         common = dict(data_format=self.data_format, dtype=self.dtype_policy)
-        self.pool = None
-        if self.stride > 1:
-            self.pool = keras.layers.AveragePooling2D(
-                pool_size=self.stride,
-                strides=self.stride,
-                padding="same",
-                name="pool",
-                **common,
-            )
         self.reduce = keras.layers.Conv2D(
             channel // self.reduction_ratio, 1, name="reduce", **common
         )
@@ -121,16 +112,15 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             **common,
         )
         shape = tuple(input_shape)
-        if self.pool is not None:
-            self.pool.build(shape)
-            shape = self.pool.compute_output_shape(shape)
         self.reduce.build(shape)
         shape = self.reduce.compute_output_shape(shape)
         self.norm.build(shape)
         self.span.build(shape)
 
     def call(self, inputs, training=None):
-        x = inputs if self.pool is None else self.pool(inputs)
+        x = inputs
+        if self.stride > 1:
+            x = involution_ops.average_pool_same(x, self.stride, self.data_format)
         x = self.reduce(x)
         x = self.norm(x, training=training)
         x = ops.relu(x)

@@ -178,6 +178,26 @@ def involution_apply_reference(
     return output
 
 
+def average_pool_same(inputs, size, data_format):
+    """Average pooling by `size` with TensorFlow's "same" rule, on every backend.
+
+    The windows tile the input padded by `(-n) % size` (the smaller half
+    first) and average only the real pixels, so the output is
+    `ceil(n / size)`. Keras' own `padding="same"` pooling disagrees across
+    backends for some sizes (PyTorch, width 8 with size 3), which would make
+    a layer's kernels depend on the backend.
+    """
+    axes = (1, 2) if data_format == "channels_last" else (2, 3)
+    paddings = [[0, 0]] * 4
+    for axis in axes:
+        total = (-ops.shape(inputs)[axis]) % size
+        paddings[axis] = [total // 2, total - total // 2]
+    ones = ops.ones_like(inputs[..., :1] if data_format == "channels_last" else inputs[:, :1])
+    summed = ops.average_pool(ops.pad(inputs, paddings), size, size, "valid", data_format)
+    counts = ops.average_pool(ops.pad(ones, paddings), size, size, "valid", data_format)
+    return summed / counts
+
+
 def kernel_for_display(kernel, kernel_size, groups, data_format):
     """Rearranges generator output into the seed's returned kernel layout.
 
