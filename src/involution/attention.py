@@ -138,13 +138,7 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         taps = self.group_number * self.kernel_size * self.kernel_size
-        if self.data_format == "channels_last":
-            batch, height, width, _ = input_shape
-            return (batch, involution_ops.output_size(height, self.stride),
-                    involution_ops.output_size(width, self.stride), taps)
-        batch, _, height, width = input_shape
-        return (batch, taps, involution_ops.output_size(height, self.stride),
-                involution_ops.output_size(width, self.stride))
+        return involution_ops.kernel_shape(input_shape, self.stride, taps, self.data_format)
 
     def get_config(self):
         config = super().get_config()

@@ -128,21 +128,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         taps = self.kernel_size * self.kernel_size * self.group_number
-        if self.data_format == "channels_last":
-            batch, height, width, _ = input_shape
-            return (
-                batch,
-                involution_ops.output_size(height, self.stride),
-                involution_ops.output_size(width, self.stride),
-                taps,
-            )
-        batch, _, height, width = input_shape
-        return (
-            batch,
-            taps,
-            involution_ops.output_size(height, self.stride),
-            involution_ops.output_size(width, self.stride),
-        )
+        return involution_ops.kernel_shape(input_shape, self.stride, taps, self.data_format)
 
     def get_config(self):
         config = super().get_config()
@@ -327,11 +313,7 @@ class Involution(keras.layers.Layer):
 
     def _kernel_shape(self, input_shape):
         taps = self.group_number * self.kernel_size * self.kernel_size
-        if self.data_format == "channels_last":
-            batch, height, width, _ = input_shape
-            return (batch, self._out(height), self._out(width), taps)
-        batch, _, height, width = input_shape
-        return (batch, taps, self._out(height), self._out(width))
+        return involution_ops.kernel_shape(tuple(input_shape), self.stride, taps, self.data_format)
 
     def _out(self, size):
         return involution_ops.output_size(size, self.stride)

@@ -25,6 +25,15 @@ def output_size(size, stride):
     return -(-size // stride)
 
 
+def kernel_shape(input_shape, stride, taps, data_format):
+    """Shape of the generated kernel, `(B, Ho, Wo, taps)` or `(B, taps, Ho, Wo)`."""
+    if data_format == "channels_last":
+        batch, height, width, _ = input_shape
+        return (batch, output_size(height, stride), output_size(width, stride), taps)
+    batch, _, height, width = input_shape
+    return (batch, taps, output_size(height, stride), output_size(width, stride))
+
+
 def standardize_data_format(data_format):
     """Returns a valid data format, defaulting to Keras' image data format."""
     if data_format is None:

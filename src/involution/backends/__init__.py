@@ -22,3 +22,10 @@ def tap_offsets(kernel_size, dilation):
         ((t // kernel_size) * dilation, (t % kernel_size) * dilation)
         for t in range(kernel_size * kernel_size)
     ]
+
+
+def window(padded, row, col, stride, out_h, out_w):
+    """The strided view of a padded `(..., H, W)` tensor that one tap reads."""
+    return padded[
+        ..., row : row + (out_h - 1) * stride + 1 : stride, col : col + (out_w - 1) * stride + 1 : stride
+    ]

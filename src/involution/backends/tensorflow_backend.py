@@ -10,12 +10,7 @@ import functools
 import tensorflow as tf
 
 from involution.backends import tap_offsets
-
-
-def _window(padded, row, col, stride, out_h, out_w):
-    return padded[
-        ..., row : row + (out_h - 1) * stride + 1 : stride, col : col + (out_w - 1) * stride + 1 : stride
-    ]
+from involution.backends import window as _window
 
 
 def _spread(values, stride, axis):
