@@ -6,6 +6,8 @@ paths. Both take the kernel exactly as the kernel generator produces it, so
 the layer never needs to know which one ran.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -110,8 +112,13 @@ def involution_apply(
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _fast_path_for_backend():
-    """The backend's fast apply function, or None where there is none."""
+    """The backend's fast apply function, or None where there is none.
+
+    Cached: Keras' backend is fixed for the life of the process, and this
+    runs on every layer call.
+    """
     backend = keras.backend.backend()
     # JAX has none: under jit, XLA fuses the reference's forward into one loop
     # and its autodiff recomputes the cheap per-tap slices instead of storing

@@ -359,7 +359,8 @@ def one_per_class(labels, count=10):
     """Indices of the first image of each class (then the next ones), `count` in all."""
     labels = np.asarray(labels)
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
-    rest = [i for i in range(len(labels)) if i not in set(firsts)]
+    chosen = set(firsts)
+    rest = [i for i in range(len(labels)) if i not in chosen]
     return (firsts + rest)[:count]
 
 
