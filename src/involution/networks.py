@@ -1,11 +1,15 @@
 """Small CIFAR networks whose only spatial mixing is involution.
 
 `involution_net` widens the Keras example's involution model the way the
-paper does: channel mixing by 1x1 convolutions with batch normalization,
-spatial mixing by involutions whose kernels are shared by groups of 8
-channels, residual connections, and max pooling between stages.
-`attention_net` is the same network with local self-attention kernels
-(see `involution.attention`) in place of the paper's kernel generator.
+paper does (channel mixing by 1x1 convolutions with batch normalization,
+spatial mixing by involutions whose kernels are shared by groups of
+channels, residual connections), shaped by what a CPU can afford: on these
+machines every full-resolution tensor pass costs about as much as a
+convolution, so the network spends one 1x1 convolution at 32x32, lets a
+stride-2 involution do the first downsampling, and keeps the involution
+blocks at 16x16 and below. `attention_net` is the same network with local
+self-attention kernels (`involution.attention`) in place of the paper's
+kernel generator.
 """
 
 import keras
@@ -14,65 +18,90 @@ from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution
 
 
-def _bn_relu(x, name):
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9):
+    x = keras.layers.Conv2D(filters, 1, use_bias=not normalize, name=f"{name}_conv")(x)
+    if normalize:
+        x = keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    if activate:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
 
 
-def _pointwise(x, filters, name):
-    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
-    return _bn_relu(x, name)
-
-
-def _spatial(x, kernel_size, group_channels, key_dim, name):
+def _spatial(x, kernel_size, groups, key_dim, name, stride=1):
     channels = x.shape[-1]
-    groups = channels // group_channels
     generator = None
     if key_dim:
         generator = LocalAttentionKernelGenerator(
-            kernel_size, group_number=groups, key_dim=key_dim, name=f"{name}_attention"
+            kernel_size, stride=stride, group_number=groups, key_dim=key_dim, name=f"{name}_attention"
         )
     return Involution(
-        channel=channels, group_number=groups, kernel_size=kernel_size, stride=1,
+        channel=channels, group_number=groups, kernel_size=kernel_size, stride=stride,
         reduction_ratio=4, kernel_generator=generator, name=name,
     )(x)
 
 
-def _block(x, kernel_size, group_channels, key_dim, name):
-    """Involution -> BN -> ReLU -> 1x1 conv -> BN, plus the input, ReLU."""
-    y = _spatial(x, kernel_size, group_channels, key_dim, f"{name}_involution")
-    y = _bn_relu(y, f"{name}_1")
-    y = keras.layers.Conv2D(x.shape[-1], 1, use_bias=False, name=f"{name}_2_conv")(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_2_bn")(y)
-    y = keras.layers.Add(name=f"{name}_add")([x, y])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=8, widths=(48, 96),
+                   blocks=(1, 1), kernel_size=3, group_channels=8, hidden_units=48, batch_norm_momentum=0.9,
+                   attention=False, key_dim=4, name="invnet"):
+    """A residual involution network for CIFAR (99,619 parameters by default).
 
-
-def involution_net(input_shape=(32, 32, 3), num_classes=10, widths=(32, 64, 128), blocks=(2, 2, 2),
-                   kernel_size=3, group_channels=8, attention=False, key_dim=4, name="invnet"):
-    """A residual involution network for CIFAR (about 83k parameters).
+    Layout: a 1x1 convolution to `stem_width` channels and a stride-2
+    involution; then per stage (each after the first starting with 2x2 max
+    pooling) a 1x1 convolution to the stage's width and `blocks` residual
+    blocks (involution, 1x1 convolution, batch normalization, add, ReLU);
+    2x2 max pooling, and a classifier head like the Keras example's
+    (flatten, a hidden dense layer, logits), or global average pooling when
+    `hidden_units` is None (any input size).
 
     Args:
         input_shape, num_classes: the data's.
-        widths: channels per stage; each later stage starts with 2x2 max
-            pooling and a 1x1 convolution to its width.
+        stem_width: channels of the stem (its 1x1 convolution and stride-2
+            involution run at full resolution, so keep it small).
+        stem_groups: kernels per pixel of the stem's involution. Its input
+            is a 1x1 mix of the 3 colour channels, so each kernel filters a
+            different colour mix; many small groups give the first layer as
+            many distinct spatial filters as a convolution's first layer.
+        widths: channels per stage.
         blocks: residual blocks per stage.
         kernel_size: the involutions' kernel size.
         group_channels: channels sharing one kernel (per group / head).
+        hidden_units: width of the hidden dense layer, or None for global
+            average pooling straight to the logits.
+        batch_norm_momentum: momentum of the stage batch normalizations.
+            0.9 rather than Keras' 0.99 so that the moving statistics keep
+            up over a short schedule (196 steps per CIFAR epoch).
         attention: use `LocalAttentionKernelGenerator` kernels (heads of
             `key_dim` query/key channels) instead of the paper's generator.
         key_dim: the attention heads' query/key size.
         name: the model's name.
+
+    Returns:
+        A functional `keras.Model` from images to logits.
     """
+    if len(widths) != len(blocks):
+        raise ValueError(
+            "`widths` and `blocks` must have one entry per stage. Received: "
+            f"widths={widths}, blocks={blocks}"
+        )
+    key_dim = key_dim if attention else None
     inputs = keras.Input(input_shape, name="image")
-    x = _pointwise(inputs, widths[0], "stem")
+    x = _pointwise(inputs, stem_width, "stem", normalize=False)
+    x = _spatial(x, kernel_size, stem_groups, key_dim, "stem_involution", stride=2)
     for stage, (width, count) in enumerate(zip(widths, blocks), start=1):
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
-            x = _pointwise(x, width, f"stage{stage}_expand")
+        x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum)
         for block in range(1, count + 1):
-            x = _block(x, kernel_size, group_channels, key_dim if attention else None,
-                       f"stage{stage}_block{block}")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            prefix = f"stage{stage}_block{block}"
+            y = _spatial(x, kernel_size, max(1, width // group_channels), key_dim, f"{prefix}_involution")
+            y = _pointwise(y, width, f"{prefix}_mix", activate=False, momentum=batch_norm_momentum)
+            x = keras.layers.Add(name=f"{prefix}_add")([x, y])
+            x = keras.layers.ReLU(name=f"{prefix}_out")(x)
+    x = keras.layers.MaxPooling2D(2, name="head_pool")(x)
+    if hidden_units:
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
