@@ -422,8 +422,9 @@ def main(argv=None):
         return 0
 
     args.backends = args.backends.split(",") if args.backends else installed_backends()
-    args.shapes = args.shapes.split(",")
-    formulations = args.formulations.split(",")
+    # `--shapes ""` leaves only the epoch timing.
+    args.shapes = [name for name in args.shapes.split(",") if name]
+    formulations = [name for name in args.formulations.split(",") if name]
     excluded = set(filter(None, args.exclude.split(",")))
     results = {}
     if args.json and os.path.exists(args.json) and not args.fresh:

@@ -90,3 +90,17 @@ def test_helper_config_round_trip_and_training(rng):
 def test_bad_key_dim():
     with pytest.raises(ValueError, match="Received: key_dim=0"):
         LocalAttentionKernelGenerator(3, key_dim=0)
+
+
+def test_unknown_sizes_match_known_sizes(rng):
+    # Unknown sizes take the per-head slicing path (TensorFlow traces
+    # `predict` with them unknown), known ones a reshape.
+    layer = local_attention(8, heads=2, kernel_size=3, stride=2)
+    inputs = keras.Input((None, None, 8))
+    model = keras.Model(inputs, layer(inputs))
+    x = rng.standard_normal((2, 7, 9, 8)).astype("float32")
+    generator = layer.kernel_generator
+    generator.relative_position.assign(rng.standard_normal(generator.relative_position.shape).astype("float32"))
+    dynamic = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
+    static = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(dynamic, static, rtol=1e-5, atol=1e-5)

@@ -59,3 +59,18 @@ def test_model_output_gradients_and_config(name, rng):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(clone(x, training=False)), logits, rtol=1e-5, atol=1e-5
     )
+
+
+def test_invnet_rejects_mismatched_stages():
+    from involution.networks import involution_net
+
+    with pytest.raises(ValueError, match=r"one entry per stage.*widths=\(48, 96\), blocks=\(1,\)"):
+        involution_net(widths=(48, 96), blocks=(1,))
+
+
+def test_invnet_without_hidden_layer_takes_any_size(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(input_shape=(None, None, 3), hidden_units=None)
+    x = rng.uniform(0, 1, (1, 24, 40, 3)).astype("float32")
+    assert tuple(model(x).shape) == (1, 10)

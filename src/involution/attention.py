@@ -124,17 +124,29 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
         # Taps in the zero padding are not part of the image: mask them out.
         logits = ops.where(valid > 0, logits, ops.full_like(logits, -1e4))
         weights = ops.softmax(logits, axis=-1)  # (B, Ho, Wo, G, K*K)
-        kernel = ops.concatenate([weights[..., g, :] for g in range(self.group_number)], axis=-1)
+        kernel = self._merge_heads(weights)
         if self.data_format == "channels_first":
             kernel = ops.transpose(kernel, (0, 3, 1, 2))
         return kernel
 
     def _heads(self, x):
-        """(B, H, W, G*d) -> (B, H, W, G, d) without dynamic-shape reshapes."""
+        """(B, H, W, G*d) -> (B, H, W, G, d)."""
+        height, width = x.shape[1], x.shape[2]
+        if height is not None and width is not None:
+            return ops.reshape(x, (-1, height, width, self.group_number, self.key_dim))
+        # Unknown sizes: slices and a stack, which need no dynamic-shape
+        # reshape (one op per head, so only where the sizes are unknown).
         return ops.stack(
             [x[..., g * self.key_dim : (g + 1) * self.key_dim] for g in range(self.group_number)],
             axis=-2,
         )
+
+    def _merge_heads(self, weights):
+        """(B, Ho, Wo, G, K*K) -> (B, Ho, Wo, G*K*K), group-major."""
+        height, width = weights.shape[1], weights.shape[2]
+        if height is not None and width is not None:
+            return ops.reshape(weights, (-1, height, width, weights.shape[3] * weights.shape[4]))
+        return ops.concatenate([weights[..., g, :] for g in range(self.group_number)], axis=-1)
 
     def compute_output_shape(self, input_shape):
         taps = self.group_number * self.kernel_size * self.kernel_size

@@ -42,7 +42,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1):
 
 def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=8, widths=(48, 96),
                    blocks=(1, 1), kernel_size=3, group_channels=8, hidden_units=48, batch_norm_momentum=0.9,
-                   attention=False, key_dim=4, name="invnet"):
+                   attention=False, key_dim=4, colour_involution=False, name="invnet"):
     """A residual involution network for CIFAR (99,619 parameters by default).
 
     Layout: a 1x1 convolution to `stem_width` channels and a stride-2
@@ -71,7 +71,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             0.9 rather than Keras' 0.99 so that the moving statistics keep
             up over a short schedule (196 steps per CIFAR epoch).
         attention: use `LocalAttentionKernelGenerator` kernels (heads of
-            `key_dim` query/key channels) instead of the paper's generator.
+            `key_dim` query/key channels) instead of the paper's generator
+            in the residual blocks (the stem keeps the paper's).
         key_dim: the attention heads' query/key size.
         name: the model's name.
 
@@ -85,8 +86,16 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         )
     key_dim = key_dim if attention else None
     inputs = keras.Input(input_shape, name="image")
-    x = _pointwise(inputs, stem_width, "stem", normalize=False)
-    x = _spatial(x, kernel_size, stem_groups, key_dim, "stem_involution", stride=2)
+    x = inputs
+    if colour_involution:
+        x = Involution(channel=input_shape[-1], group_number=1, kernel_size=kernel_size, reduction_ratio=1,
+                       name="stem_colour_involution")(x)
+    x = _pointwise(x, stem_width, "stem", normalize=False)
+    # The stem keeps the paper's generator even in the attention variant: its
+    # input is a mix of colours, and (as Stand-Alone Self-Attention found for
+    # its convolutional stem) attention logits between raw pixels are a poor
+    # first layer; it would also triple the cost of the full-resolution part.
+    x = _spatial(x, kernel_size, stem_groups, None, "stem_involution", stride=2)
     for stage, (width, count) in enumerate(zip(widths, blocks), start=1):
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)

@@ -1,16 +1,89 @@
-"""The PyTorch fast path: an autograd Function of in-place accumulations.
+"""The PyTorch fast path: fused C++ kernels on the CPU, in-place taps elsewhere.
 
-Keras runs PyTorch eagerly, so every tap is one kernel launch; the Function
-keeps them in place (`addcmul_` into one output buffer, into strided views
-of one gradient buffer) so that no `K*K` temporaries are made or stored for
-the backward pass.
+On the CPU (float32/float64) the apply step and its gradients are three
+fused loops (`involution_cpu.cpp`), compiled with PyTorch's extension
+builder the first time they are needed (about half a minute, then cached by
+PyTorch per machine): one pass over memory instead of one per kernel tap.
+
+Elsewhere (GPU tensors, half precision, or where no C++ compiler is found)
+an autograd Function of in-place accumulations runs instead: Keras runs
+PyTorch eagerly, so every tap is one kernel launch; the Function keeps them
+in place (`addcmul_` into one output buffer, into strided views of one
+gradient buffer) so that no `K*K` temporaries are made or stored for the
+backward pass.
 """
+
+import functools
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from involution.backends import tap_offsets
 from involution.backends import window as _window
+
+# Set to 0 to skip building the C++ kernels (the in-place path runs instead).
+EXTENSION_ENV = "INVOLUTION_TORCH_EXTENSION"
+_SOURCE = Path(__file__).with_name("involution_cpu.cpp")
+
+
+def _cpu_signature():
+    """A short tag of this CPU's instruction sets: the build uses `-march=native`,
+    and PyTorch's build cache is keyed by name, not by machine."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """The compiled CPU kernels, or None where they cannot be built."""
+    if os.environ.get(EXTENSION_ENV, "1") == "0":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load(
+            name=f"involution_cpu_{_cpu_signature()}",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, a build error...
+        warnings.warn(
+            f"involution: the fused CPU kernels could not be built ({type(error).__name__}: {error}); "
+            f"using the slower in-place PyTorch path. Set {EXTENSION_ENV}=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+class FusedInvolution(torch.autograd.Function):
+    """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)`, contiguous, CPU."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, groups, kernel_size, stride, dilation):
+        ctx.save_for_backward(x, kernel)
+        ctx.geometry = (groups, kernel_size, stride, dilation)
+        return _extension().forward(x, kernel, groups, kernel_size, stride, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kernel = ctx.saved_tensors
+        grad_x, grad_kernel = _extension().backward(
+            grad.contiguous(), x, kernel, *ctx.geometry, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        return grad_x, grad_kernel, None, None, None, None
 
 
 # Each pass over the K*K taps works on a slice of the batch whose output fits
@@ -70,6 +143,27 @@ class GroupedInvolution(torch.autograd.Function):
 
 
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    if (
+        inputs.device.type == "cpu"
+        and inputs.dtype in (torch.float32, torch.float64)
+        and _extension() is not None
+    ):
+        return fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+    return inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+
+
+def fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    channels_first = data_format == "channels_first"
+    if channels_first:
+        inputs = inputs.permute(0, 2, 3, 1)
+        kernel = kernel.permute(0, 2, 3, 1)
+    output = FusedInvolution.apply(
+        inputs.contiguous(), kernel.contiguous(), groups, kernel_size, stride, dilation
+    )
+    return output.permute(0, 3, 1, 2) if channels_first else output
+
+
+def inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     taps = kernel_size * kernel_size
     if data_format == "channels_last":
         # Copies, on purpose: the taps' windows must be contiguous along W for

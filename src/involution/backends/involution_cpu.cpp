@@ -1,0 +1,174 @@
+// Fused involution apply step for PyTorch on the CPU.
+//
+// One pass over memory per direction: every output pixel reads its K*K
+// neighbours (which stay in cache between neighbouring pixels) and its
+// kernel, and writes its channels once. Tensors are channels-last and
+// contiguous: x (B, H, W, C), kernel (B, Ho, Wo, G*K*K) group-major,
+// output (B, Ho, Wo, C); channel c belongs to group c / (C / G). The
+// innermost loops run over a group's contiguous channels, so they vectorise.
+//
+// The input gradient is computed as a gather over the output pixels that
+// read each input pixel, so parallel rows never write to the same memory.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+namespace {
+
+struct Geometry {
+  int64_t batch, height, width, channels, out_h, out_w, groups, kernel_size, stride, dilation, pad;
+  int64_t group_channels() const { return channels / groups; }
+  int64_t taps() const { return kernel_size * kernel_size; }
+};
+
+template <typename scalar_t>
+void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.out_h, oy = row % g.out_h;
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t pixel = row * g.out_w + ox;
+        scalar_t* o = out + pixel * g.channels;
+        const scalar_t* k = kernel + pixel * kw;
+        for (int64_t c = 0; c < g.channels; ++c) o[c] = 0;
+        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+          const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
+          if (iy < 0 || iy >= g.height) continue;
+          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+            const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
+            if (ix < 0 || ix >= g.width) continue;
+            const scalar_t* xi = x + ((b * g.height + iy) * g.width + ix) * g.channels;
+            const int64_t tap = ky * g.kernel_size + kx;
+            for (int64_t grp = 0; grp < g.groups; ++grp) {
+              const scalar_t w = k[grp * taps + tap];
+              scalar_t* og = o + grp * cg;
+              const scalar_t* xg = xi + grp * cg;
+#pragma omp simd
+              for (int64_t c = 0; c < cg; ++c) og[c] += w * xg[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.out_h, oy = row % g.out_h;
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t pixel = row * g.out_w + ox;
+        const scalar_t* dy = grad + pixel * g.channels;
+        scalar_t* dk = grad_kernel + pixel * kw;
+        for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+          const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
+          if (iy < 0 || iy >= g.height) continue;
+          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+            const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
+            if (ix < 0 || ix >= g.width) continue;
+            const scalar_t* xi = x + ((b * g.height + iy) * g.width + ix) * g.channels;
+            const int64_t tap = ky * g.kernel_size + kx;
+            for (int64_t grp = 0; grp < g.groups; ++grp) {
+              const scalar_t* dyg = dy + grp * cg;
+              const scalar_t* xg = xi + grp * cg;
+              scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+              for (int64_t c = 0; c < cg; ++c) sum += dyg[c] * xg[c];
+              dk[grp * taps + tap] = sum;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.height, iy = row % g.height;
+      for (int64_t ix = 0; ix < g.width; ++ix) {
+        scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
+        for (int64_t c = 0; c < g.channels; ++c) dx[c] = 0;
+        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+          // The output row whose window puts tap row ky on input row iy.
+          const int64_t sy = iy + g.pad - ky * g.dilation;
+          if (sy < 0 || sy % g.stride != 0) continue;
+          const int64_t oy = sy / g.stride;
+          if (oy >= g.out_h) continue;
+          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+            const int64_t sx = ix + g.pad - kx * g.dilation;
+            if (sx < 0 || sx % g.stride != 0) continue;
+            const int64_t ox = sx / g.stride;
+            if (ox >= g.out_w) continue;
+            const int64_t pixel = (b * g.out_h + oy) * g.out_w + ox;
+            const scalar_t* dy = grad + pixel * g.channels;
+            const scalar_t* k = kernel + pixel * kw;
+            const int64_t tap = ky * g.kernel_size + kx;
+            for (int64_t grp = 0; grp < g.groups; ++grp) {
+              const scalar_t w = k[grp * taps + tap];
+              scalar_t* dxg = dx + grp * cg;
+              const scalar_t* dyg = dy + grp * cg;
+#pragma omp simd
+              for (int64_t c = 0; c < cg; ++c) dxg[c] += w * dyg[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+Geometry geometry(const torch::Tensor& x, const torch::Tensor& kernel, int64_t groups, int64_t kernel_size,
+                  int64_t stride, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 4 && kernel.dim() == 4, "involution_cpu expects 4D channels-last tensors");
+  TORCH_CHECK(x.is_contiguous() && kernel.is_contiguous(), "involution_cpu expects contiguous tensors");
+  TORCH_CHECK(x.size(3) % groups == 0, "channels must be divisible by groups");
+  TORCH_CHECK(kernel.size(3) == groups * kernel_size * kernel_size, "kernel has the wrong number of taps");
+  return Geometry{x.size(0), x.size(1), x.size(2), x.size(3), kernel.size(1), kernel.size(2),
+                  groups, kernel_size, stride, dilation, dilation * (kernel_size - 1) / 2};
+}
+
+}  // namespace
+
+torch::Tensor forward(torch::Tensor x, torch::Tensor kernel, int64_t groups, int64_t kernel_size, int64_t stride,
+                      int64_t dilation) {
+  const Geometry g = geometry(x, kernel, groups, kernel_size, stride, dilation);
+  auto out = torch::empty({g.batch, g.out_h, g.out_w, g.channels}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_forward", [&] {
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor kernel, int64_t groups,
+                                    int64_t kernel_size, int64_t stride, int64_t dilation, bool need_input,
+                                    bool need_kernel) {
+  const Geometry g = geometry(x, kernel, groups, kernel_size, stride, dilation);
+  TORCH_CHECK(grad.is_contiguous(), "involution_cpu expects a contiguous gradient");
+  torch::Tensor grad_x, grad_kernel;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_backward", [&] {
+    if (need_input) {
+      grad_x = torch::empty_like(x);
+      grad_input_impl<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), g);
+    }
+    if (need_kernel) {
+      grad_kernel = torch::empty_like(kernel);
+      grad_kernel_impl<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                 grad_kernel.data_ptr<scalar_t>(), g);
+    }
+  });
+  return {grad_x, grad_kernel};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "Involution apply step, channels-last (CPU)");
+  m.def("backward", &backward, "Gradients of the involution apply step (CPU)");
+}

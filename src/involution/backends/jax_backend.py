@@ -1,0 +1,99 @@
+"""The JAX fast path: `jax.custom_vjp` over a channels-last shift-and-accumulate.
+
+The same plan as the TensorFlow path (both compile with XLA): the grouped
+channels-last layout `(B, H, W, G, C/G)`, where a group's kernel broadcasts
+along the innermost axis and the kernel gradient reduces over it, and a
+backward pass that keeps only the input and the kernel.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from involution.backends import tap_offsets
+
+
+def _window(padded, row, col, stride, out_h, out_w):
+    """The strided `(B, out_h, out_w, G, C/G)` view one tap reads."""
+    batch, _, _, groups, channels = padded.shape
+    return lax.slice(
+        padded,
+        (0, row, col, 0, 0),
+        (batch, row + (out_h - 1) * stride + 1, col + (out_w - 1) * stride + 1, groups, channels),
+        (1, stride, stride, 1, 1),
+    )
+
+
+def _pad(x, pad):
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
+
+
+def _forward(x, kernel, kernel_size, stride, dilation):
+    pad = dilation * (kernel_size - 1) // 2
+    out_h, out_w = kernel.shape[1:3]
+    padded = _pad(x, pad)
+    output = None
+    for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
+        term = _window(padded, row, col, stride, out_h, out_w) * kernel[..., tap : tap + 1]
+        output = term if output is None else output + term
+    return output
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def grouped_involution(x, kernel, kernel_size, stride, dilation):
+    """x `(B, H, W, G, Cg)`, kernel `(B, Ho, Wo, G, K*K)` -> `(B, Ho, Wo, G, Cg)`."""
+    return _forward(x, kernel, kernel_size, stride, dilation)
+
+
+def _grouped_involution_fwd(x, kernel, kernel_size, stride, dilation):
+    return _forward(x, kernel, kernel_size, stride, dilation), (x, kernel)
+
+
+def _grouped_involution_bwd(kernel_size, stride, dilation, residuals, grad):
+    x, kernel = residuals
+    pad = dilation * (kernel_size - 1) // 2
+    height, width = x.shape[1:3]
+    out_h, out_w = grad.shape[1:3]
+    padded = _pad(x, pad)
+    padded_h, padded_w = padded.shape[1:3]
+    no_padding = (0, 0, 0)
+    grad_kernel = []
+    grad_padded = None
+    for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
+        window = _window(padded, row, col, stride, out_h, out_w)
+        grad_kernel.append(jnp.sum(grad * window, axis=-1))
+        # The tap's contribution lands on a strided grid of the padded input:
+        # interior padding spreads it, edge padding places it.
+        contribution = lax.pad(
+            grad * kernel[..., tap : tap + 1],
+            jnp.zeros((), grad.dtype),
+            (no_padding,
+             (row, padded_h - row - (out_h - 1) * stride - 1, stride - 1),
+             (col, padded_w - col - (out_w - 1) * stride - 1, stride - 1),
+             no_padding, no_padding),
+        )
+        grad_padded = contribution if grad_padded is None else grad_padded + contribution
+    grad_x = grad_padded[:, pad : pad + height, pad : pad + width]
+    return grad_x, jnp.stack(grad_kernel, axis=-1)
+
+
+grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    taps = kernel_size * kernel_size
+    if data_format == "channels_first":
+        inputs = jnp.transpose(inputs, (0, 2, 3, 1))
+        kernel = jnp.transpose(kernel, (0, 2, 3, 1))
+    batch, height, width, channels = inputs.shape
+    out_h, out_w = kernel.shape[1:3]
+    x = inputs.reshape(batch, height, width, groups, channels // groups)
+    w = kernel.reshape(batch, out_h, out_w, groups, taps)
+    output = grouped_involution(x, w, kernel_size, stride, dilation)
+    output = output.reshape(batch, out_h, out_w, channels)
+    if data_format == "channels_first":
+        output = jnp.transpose(output, (0, 3, 1, 2))
+    return output

@@ -1,0 +1,89 @@
+"""Both PyTorch apply paths (fused C++ kernels and in-place taps) against NumPy.
+
+`test_ops.py` checks whichever path `implementation="fast"` picks; this file
+checks each of them by name, values and float64 gradients.
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from tests import numpy_reference as ref
+
+if keras.backend.backend() != "torch":
+    pytest.skip("PyTorch backend only", allow_module_level=True)
+
+import torch  # noqa: E402
+
+from involution.backends import torch_backend  # noqa: E402
+
+PATHS = {"inplace": torch_backend.inplace_apply}
+if torch_backend._extension() is not None:
+    PATHS["fused"] = torch_backend.fused_apply
+
+GRID = list(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2], ["channels_last", "channels_first"]))
+
+
+def case(rng, kernel_size, stride, groups, data_format, dtype=np.float32):
+    height, width, channels = 7, 8, 6
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    x = rng.standard_normal((2, height, width, channels)).astype(dtype)
+    kernel = rng.standard_normal((2, out_h, out_w, groups * kernel_size**2)).astype(dtype)
+    if data_format == "channels_first":
+        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
+    return x, kernel
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("kernel_size,stride,groups,dilation,data_format", GRID)
+def test_values_and_gradients(rng, path, kernel_size, stride, groups, dilation, data_format):
+    x, kernel = case(rng, kernel_size, stride, groups, data_format, np.float64)
+    args = (kernel_size, stride, dilation, groups, data_format)
+    xt = torch.tensor(x, requires_grad=True)
+    kt = torch.tensor(kernel, requires_grad=True)
+    out = PATHS[path](xt, kt, *args)
+    np.testing.assert_allclose(out.detach().numpy(), ref.involution_apply(x, kernel, *args), rtol=1e-10, atol=1e-10)
+
+    # Gradients of sum(out * weights): the input's is the transposed apply
+    # of `weights`, the kernel's the channel sums of weights * window.
+    weights = torch.tensor(rng.standard_normal(out.shape))
+    grad_x, grad_kernel = torch.autograd.grad((out * weights).sum(), [xt, kt])
+    reference_x = torch.tensor(x, requires_grad=True)
+    reference_kernel = torch.tensor(kernel, requires_grad=True)
+    from involution.ops import involution_apply_reference
+
+    expected = involution_apply_reference(reference_x, reference_kernel, *args)
+    expected_x, expected_kernel = torch.autograd.grad((expected * weights).sum(), [reference_x, reference_kernel])
+    np.testing.assert_allclose(grad_x.numpy(), expected_x.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grad_kernel.numpy(), expected_kernel.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_float32_paths_agree(rng):
+    x, kernel = case(rng, 3, 1, 3, "channels_last")
+    outputs = [path(torch.tensor(x), torch.tensor(kernel), 3, 1, 1, 3, "channels_last") for path in PATHS.values()]
+    for out in outputs:
+        np.testing.assert_allclose(out.numpy(), ref.involution_apply(x, kernel, 3, 1, 1, 3, "channels_last"),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_takes_the_inplace_path(rng, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch_backend, "fused_apply", lambda *a: calls.append(a))
+    x, kernel = case(rng, 3, 1, 1, "channels_last")
+    out = torch_backend.involution_apply(torch.tensor(x).bfloat16(), torch.tensor(kernel).bfloat16(),
+                                         3, 1, 1, 1, "channels_last")
+    assert out.dtype == torch.bfloat16 and not calls
+    np.testing.assert_allclose(out.float().numpy(), ref.involution_apply(x, kernel, 3, 1, 1, 1, "channels_last"),
+                               rtol=0.05, atol=0.1)
+
+
+def test_environment_variable_disables_the_extension(monkeypatch):
+    monkeypatch.setenv(torch_backend.EXTENSION_ENV, "0")
+    torch_backend._extension.cache_clear()
+    try:
+        assert torch_backend._extension() is None
+    finally:
+        monkeypatch.delenv(torch_backend.EXTENSION_ENV)
+        torch_backend._extension.cache_clear()
