@@ -43,7 +43,7 @@ SHAPES = {
 FORMULATIONS = ["ours-fast", "ours-reference", "ours-layer", "example", "example-xla",
                 "official", "conv3x3", "conv7x7"]
 AVAILABLE = {
-    "ours-fast": {"tensorflow", "torch"},
+    "ours-fast": {"tensorflow", "jax", "torch"},
     "example-xla": {"tensorflow"},
     "official": {"torch"},
 }

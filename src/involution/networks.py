@@ -42,7 +42,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1):
 
 def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=8, widths=(48, 96),
                    blocks=(1, 1), kernel_size=3, group_channels=8, hidden_units=48, batch_norm_momentum=0.9,
-                   attention=False, key_dim=4, colour_involution=False, name="invnet"):
+                   attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (99,619 parameters by default).
 
     Layout: a 1x1 convolution to `stem_width` channels and a stride-2
@@ -86,11 +86,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         )
     key_dim = key_dim if attention else None
     inputs = keras.Input(input_shape, name="image")
-    x = inputs
-    if colour_involution:
-        x = Involution(channel=input_shape[-1], group_number=1, kernel_size=kernel_size, reduction_ratio=1,
-                       name="stem_colour_involution")(x)
-    x = _pointwise(x, stem_width, "stem", normalize=False)
+    x = _pointwise(inputs, stem_width, "stem", normalize=False)
     # The stem keeps the paper's generator even in the attention variant: its
     # input is a mix of colours, and (as Stand-Alone Self-Attention found for
     # its convolutional stem) attention logits between raw pixels are a poor

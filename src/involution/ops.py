@@ -120,11 +120,10 @@ def _fast_path_for_backend():
     runs on every layer call.
     """
     backend = keras.backend.backend()
-    # JAX has none: under jit, XLA fuses the reference's forward into one loop
-    # and its autodiff recomputes the cheap per-tap slices instead of storing
-    # them; a custom VJP measured slower (docs/design.md).
     if backend == "tensorflow":
         from involution.backends.tensorflow_backend import involution_apply as fast
+    elif backend == "jax":
+        from involution.backends.jax_backend import involution_apply as fast
     elif backend == "torch":
         from involution.backends.torch_backend import involution_apply as fast
     else:

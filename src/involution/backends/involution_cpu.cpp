@@ -13,6 +13,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace {
 
 struct Geometry {
@@ -21,66 +24,93 @@ struct Geometry {
   int64_t taps() const { return kernel_size * kernel_size; }
 };
 
+// Channels are processed in blocks of 16 or 8: a block's accumulators stay
+// in vector registers across all K*K taps, so each tap costs one load and one
+// multiply-add per block instead of a load-modify-store of the output.
+constexpr int64_t kBlock = 16;
+
+inline int64_t block_width(int64_t remaining) {
+  return remaining >= 16 ? 16 : remaining >= 8 ? 8 : remaining;
+}
+
+// The taps of output pixel (oy, ox) that fall inside the input (the rest
+// read zero padding and contribute nothing): their indices and the input
+// pixels they read. Returns how many.
+inline int64_t taps_of(const Geometry& g, int64_t oy, int64_t ox, int64_t* taps, int64_t* pixels) {
+  int64_t count = 0;
+  for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+    const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
+    if (iy < 0 || iy >= g.height) continue;
+    for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+      const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
+      if (ix < 0 || ix >= g.width) continue;
+      taps[count] = ky * g.kernel_size + kx;
+      pixels[count++] = iy * g.width + ix;
+    }
+  }
+  return count;
+}
+
+// The output pixels whose window reads input pixel (iy, ix), and through
+// which tap. Returns how many.
+inline int64_t readers_of(const Geometry& g, int64_t iy, int64_t ix, int64_t* taps, int64_t* pixels) {
+  int64_t count = 0;
+  for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+    const int64_t sy = iy + g.pad - ky * g.dilation;
+    if (sy < 0 || sy % g.stride != 0 || sy / g.stride >= g.out_h) continue;
+    for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+      const int64_t sx = ix + g.pad - kx * g.dilation;
+      if (sx < 0 || sx % g.stride != 0 || sx / g.stride >= g.out_w) continue;
+      taps[count] = ky * g.kernel_size + kx;
+      pixels[count++] = (sy / g.stride) * g.out_w + sx / g.stride;
+    }
+  }
+  return count;
+}
+
+template <int64_t W, typename scalar_t, typename Taps>
+inline void accumulate_fixed(scalar_t* __restrict__ out, Taps taps) {
+  scalar_t acc[W] = {};
+  taps([&](scalar_t w, const scalar_t* __restrict__ src) {
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) acc[c] += w * src[c];
+  });
+  for (int64_t c = 0; c < W; ++c) out[c] = acc[c];
+}
+
+// out[c] = sum over taps of weight(tap) * source(tap)[c], for one block of
+// `width` channels (16 and 8 are the vectorised cases).
+template <typename scalar_t, typename Taps>
+inline void accumulate_block(scalar_t* __restrict__ out, int64_t width, Taps taps) {
+  if (width == 16) return accumulate_fixed<16>(out, taps);
+  if (width == 8) return accumulate_fixed<8>(out, taps);
+  scalar_t acc[kBlock] = {};
+  taps([&](scalar_t w, const scalar_t* __restrict__ src) {
+    for (int64_t c = 0; c < width; ++c) acc[c] += w * src[c];
+  });
+  for (int64_t c = 0; c < width; ++c) out[c] = acc[c];
+}
+
 template <typename scalar_t>
 void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
   const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), source(taps);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.out_h, oy = row % g.out_h;
+      const scalar_t* image = x + b * g.height * g.width * g.channels;
       for (int64_t ox = 0; ox < g.out_w; ++ox) {
         const int64_t pixel = row * g.out_w + ox;
-        scalar_t* o = out + pixel * g.channels;
         const scalar_t* k = kernel + pixel * kw;
-        for (int64_t c = 0; c < g.channels; ++c) o[c] = 0;
-        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
-          const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
-          if (iy < 0 || iy >= g.height) continue;
-          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
-            const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
-            if (ix < 0 || ix >= g.width) continue;
-            const scalar_t* xi = x + ((b * g.height + iy) * g.width + ix) * g.channels;
-            const int64_t tap = ky * g.kernel_size + kx;
-            for (int64_t grp = 0; grp < g.groups; ++grp) {
-              const scalar_t w = k[grp * taps + tap];
-              scalar_t* og = o + grp * cg;
-              const scalar_t* xg = xi + grp * cg;
-#pragma omp simd
-              for (int64_t c = 0; c < cg; ++c) og[c] += w * xg[c];
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
-  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
-  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.out_h, oy = row % g.out_h;
-      for (int64_t ox = 0; ox < g.out_w; ++ox) {
-        const int64_t pixel = row * g.out_w + ox;
-        const scalar_t* dy = grad + pixel * g.channels;
-        scalar_t* dk = grad_kernel + pixel * kw;
-        for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
-        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
-          const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
-          if (iy < 0 || iy >= g.height) continue;
-          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
-            const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
-            if (ix < 0 || ix >= g.width) continue;
-            const scalar_t* xi = x + ((b * g.height + iy) * g.width + ix) * g.channels;
-            const int64_t tap = ky * g.kernel_size + kx;
-            for (int64_t grp = 0; grp < g.groups; ++grp) {
-              const scalar_t* dyg = dy + grp * cg;
-              const scalar_t* xg = xi + grp * cg;
-              scalar_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-              for (int64_t c = 0; c < cg; ++c) sum += dyg[c] * xg[c];
-              dk[grp * taps + tap] = sum;
-            }
+        const int64_t count = taps_of(g, oy, ox, tap.data(), source.data());
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
+            width = block_width((grp + 1) * cg - c0);
+            accumulate_block<scalar_t>(out + pixel * g.channels + c0, width, [&](auto&& add) {
+              for (int64_t i = 0; i < count; ++i) {
+                add(k[grp * taps + tap[i]], image + source[i] * g.channels + c0);
+              }
+            });
           }
         }
       }
@@ -92,33 +122,50 @@ template <typename scalar_t>
 void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
   const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
   at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), reader(taps);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.height, iy = row % g.height;
+      const scalar_t* k = kernel + b * g.out_h * g.out_w * kw;
+      const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
       for (int64_t ix = 0; ix < g.width; ++ix) {
         scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
-        for (int64_t c = 0; c < g.channels; ++c) dx[c] = 0;
-        for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
-          // The output row whose window puts tap row ky on input row iy.
-          const int64_t sy = iy + g.pad - ky * g.dilation;
-          if (sy < 0 || sy % g.stride != 0) continue;
-          const int64_t oy = sy / g.stride;
-          if (oy >= g.out_h) continue;
-          for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
-            const int64_t sx = ix + g.pad - kx * g.dilation;
-            if (sx < 0 || sx % g.stride != 0) continue;
-            const int64_t ox = sx / g.stride;
-            if (ox >= g.out_w) continue;
-            const int64_t pixel = (b * g.out_h + oy) * g.out_w + ox;
-            const scalar_t* dy = grad + pixel * g.channels;
-            const scalar_t* k = kernel + pixel * kw;
-            const int64_t tap = ky * g.kernel_size + kx;
-            for (int64_t grp = 0; grp < g.groups; ++grp) {
-              const scalar_t w = k[grp * taps + tap];
-              scalar_t* dxg = dx + grp * cg;
-              const scalar_t* dyg = dy + grp * cg;
-#pragma omp simd
-              for (int64_t c = 0; c < cg; ++c) dxg[c] += w * dyg[c];
-            }
+        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
+            width = block_width((grp + 1) * cg - c0);
+            accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
+              for (int64_t i = 0; i < count; ++i) {
+                add(k[reader[i] * kw + grp * taps + tap[i]], dy + reader[i] * g.channels + c0);
+              }
+            });
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), source(taps);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.out_h, oy = row % g.out_h;
+      const scalar_t* image = x + b * g.height * g.width * g.channels;
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t pixel = row * g.out_w + ox;
+        const scalar_t* __restrict__ dy = grad + pixel * g.channels;
+        scalar_t* dk = grad_kernel + pixel * kw;
+        for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+        const int64_t count = taps_of(g, oy, ox, tap.data(), source.data());
+        for (int64_t i = 0; i < count; ++i) {
+          const scalar_t* __restrict__ xi = image + source[i] * g.channels;
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t c = grp * cg; c < (grp + 1) * cg; ++c) sum += dy[c] * xi[c];
+            dk[grp * taps + tap[i]] = sum;
           }
         }
       }

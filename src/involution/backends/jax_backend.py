@@ -82,8 +82,23 @@ def _grouped_involution_bwd(kernel_size, stride, dilation, residuals, grad):
 grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+# With fewer channels per group than this (the Keras example's 3), XLA's own
+# autodiff of the reference is faster than the custom gradient (seed shape,
+# `bench_involution.py`), so the reference runs.
+MIN_GROUP_CHANNELS = 8
+
+
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+    if channels // groups < MIN_GROUP_CHANNELS:
+        from involution.ops import involution_apply_reference
+
+        return involution_apply_reference(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     taps = kernel_size * kernel_size
     if data_format == "channels_first":
         inputs = jnp.transpose(inputs, (0, 2, 3, 1))
