@@ -91,28 +91,66 @@ inline void accumulate_block(scalar_t* __restrict__ out, int64_t width, Taps tap
   for (int64_t c = 0; c < width; ++c) out[c] = acc[c];
 }
 
-template <typename scalar_t>
-void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
-  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+// Calls fn(grp, c0, width) for every block of every group's channels.
+template <typename Fn>
+inline void for_each_block(const Geometry& g, Fn fn) {
+  const int64_t cg = g.group_channels();
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
+      width = block_width((grp + 1) * cg - c0);
+      fn(grp, c0, width);
+    }
+  }
+}
+
+// Calls fn(pixel, image, count, taps, sources) for every output pixel, in
+// parallel over output rows: `image` is the pixel's input image, and the
+// first `count` entries of `taps` / `sources` its in-image taps and the
+// input pixels they read (see taps_of).
+template <typename scalar_t, typename Fn>
+void for_each_output_pixel(const scalar_t* x, const Geometry& g, Fn fn) {
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(taps), source(taps);
+    std::vector<int64_t> taps(g.taps()), sources(g.taps());
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.out_h, oy = row % g.out_h;
       const scalar_t* image = x + b * g.height * g.width * g.channels;
       for (int64_t ox = 0; ox < g.out_w; ++ox) {
-        const int64_t pixel = row * g.out_w + ox;
-        const scalar_t* k = kernel + pixel * kw;
-        const int64_t count = taps_of(g, oy, ox, tap.data(), source.data());
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
-            width = block_width((grp + 1) * cg - c0);
-            accumulate_block<scalar_t>(out + pixel * g.channels + c0, width, [&](auto&& add) {
-              for (int64_t i = 0; i < count; ++i) {
-                add(k[grp * taps + tap[i]], image + source[i] * g.channels + c0);
-              }
-            });
-          }
-        }
+        const int64_t count = taps_of(g, oy, ox, taps.data(), sources.data());
+        fn(row * g.out_w + ox, image, count, taps.data(), sources.data());
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps;
+  for_each_output_pixel(x, g, [&](int64_t pixel, const scalar_t* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const scalar_t* k = kernel + pixel * kw;
+    for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
+      accumulate_block<scalar_t>(out + pixel * g.channels + c0, width, [&](auto&& add) {
+        for (int64_t i = 0; i < count; ++i) add(k[grp * taps + tap[i]], image + source[i] * g.channels + c0);
+      });
+    });
+  });
+}
+
+template <typename scalar_t>
+void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  for_each_output_pixel(x, g, [&](int64_t pixel, const scalar_t* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const scalar_t* __restrict__ dy = grad + pixel * g.channels;
+    scalar_t* dk = grad_kernel + pixel * kw;
+    for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const scalar_t* __restrict__ xi = image + source[i] * g.channels;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = grp * cg; c < (grp + 1) * cg; ++c) sum += dy[c] * xi[c];
+        dk[grp * taps + tap[i]] = sum;
       }
     }
   });
@@ -120,7 +158,7 @@ void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, cons
 
 template <typename scalar_t>
 void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
-  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  const int64_t taps = g.taps(), kw = g.groups * taps;
   at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(taps), reader(taps);
     for (int64_t row = begin; row < end; ++row) {
@@ -130,44 +168,13 @@ void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* gra
       for (int64_t ix = 0; ix < g.width; ++ix) {
         scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
         const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
-            width = block_width((grp + 1) * cg - c0);
-            accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
-              for (int64_t i = 0; i < count; ++i) {
-                add(k[reader[i] * kw + grp * taps + tap[i]], dy + reader[i] * g.channels + c0);
-              }
-            });
-          }
-        }
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
-  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
-  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(taps), source(taps);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.out_h, oy = row % g.out_h;
-      const scalar_t* image = x + b * g.height * g.width * g.channels;
-      for (int64_t ox = 0; ox < g.out_w; ++ox) {
-        const int64_t pixel = row * g.out_w + ox;
-        const scalar_t* __restrict__ dy = grad + pixel * g.channels;
-        scalar_t* dk = grad_kernel + pixel * kw;
-        for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
-        const int64_t count = taps_of(g, oy, ox, tap.data(), source.data());
-        for (int64_t i = 0; i < count; ++i) {
-          const scalar_t* __restrict__ xi = image + source[i] * g.channels;
-          for (int64_t grp = 0; grp < g.groups; ++grp) {
-            scalar_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t c = grp * cg; c < (grp + 1) * cg; ++c) sum += dy[c] * xi[c];
-            dk[grp * taps + tap[i]] = sum;
-          }
-        }
+        for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
+          accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
+            for (int64_t i = 0; i < count; ++i) {
+              add(k[reader[i] * kw + grp * taps + tap[i]], dy + reader[i] * g.channels + c0);
+            }
+          });
+        });
       }
     }
   });
