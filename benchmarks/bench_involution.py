@@ -390,7 +390,8 @@ def format_markdown(results, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=None, help="comma-separated; default: every installed one")
-    parser.add_argument("--shapes", default="rednet,seed,stage")
+    parser.add_argument("--shapes", default="rednet,seed,stage",
+                        help="comma-separated shape names; \"\" times only the training epochs")
     parser.add_argument("--formulations", default=",".join(FORMULATIONS))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
