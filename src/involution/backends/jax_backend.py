@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from involution.backends import tap_offsets
+from involution.ops import involution_apply_reference
 
 
 def _window(padded, row, col, stride, out_h, out_w):
@@ -91,8 +92,6 @@ MIN_GROUP_CHANNELS = 8
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     channels = inputs.shape[-1 if data_format == "channels_last" else 1]
     if channels // groups < MIN_GROUP_CHANNELS:
-        from involution.ops import involution_apply_reference
-
         return involution_apply_reference(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
     return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
 
