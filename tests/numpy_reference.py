@@ -45,6 +45,33 @@ def involution_apply(x, kernel, kernel_size, stride, dilation, groups, data_form
     return from_channels_last(out, data_format)
 
 
+def involution_apply_gradients(x, kernel, upstream, kernel_size, stride, dilation, groups):
+    """Gradients of `sum(involution_apply(x, kernel) * upstream)` (channels
+    last): the input's scatters each window's weighted upstream back to the
+    window, the kernel's sums window * upstream over a group's channels."""
+    x, kernel, upstream = (np.asarray(a, np.float64) for a in (x, kernel, upstream))
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, _ = upstream.shape
+    pad = dilation * (kernel_size - 1) // 2
+    span = dilation * (kernel_size - 1) + 1
+    padded = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    grad_padded = np.zeros_like(padded)
+    group_of_channel = np.arange(channels) // (channels // groups)
+    kernel = kernel.reshape(batch, out_h, out_w, groups, kernel_size, kernel_size)
+    grad_kernel = np.zeros_like(kernel)
+    for i in range(out_h):
+        for j in range(out_w):
+            rows = slice(i * stride, i * stride + span, dilation)
+            cols = slice(j * stride, j * stride + span, dilation)
+            weights = kernel[:, i, j][:, group_of_channel]  # (batch, C, K, K)
+            grad_padded[:, rows, cols, :] += np.einsum("bckl,bc->bklc", weights, upstream[:, i, j])
+            products = np.einsum("bklc,bc->bckl", padded[:, rows, cols, :], upstream[:, i, j])
+            for group in range(groups):
+                grad_kernel[:, i, j, group] = products[:, group_of_channel == group].sum(axis=1)
+    grad_x = grad_padded[:, pad : pad + height, pad : pad + width]
+    return grad_x, grad_kernel.reshape(batch, out_h, out_w, -1)
+
+
 def average_pool_same(x, size):
     """TensorFlow-style "same" average pooling, padding excluded (NHWC)."""
     batch, height, width, channels = x.shape

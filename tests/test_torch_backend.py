@@ -68,6 +68,30 @@ def test_float32_paths_agree(rng):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif("fused" not in PATHS, reason="the C++ kernels could not be built here")
+@pytest.mark.parametrize("kernel_size,stride,dilation", [(3, 1, 1), (5, 2, 1), (7, 1, 2), (7, 3, 1)])
+@pytest.mark.parametrize("channels,groups", [(16, 1), (32, 2), (24, 3)])
+def test_fused_float32_against_float64_numpy(rng, kernel_size, stride, dilation, channels, groups):
+    # float32 with 8k channels per group takes the kernels' vector paths
+    # (eight taps reduced together); windows of 9..49 taps cover partial
+    # chunks, and the image edges pixels with fewer taps.
+    height, width = 9, 11
+    x = rng.standard_normal((2, height, width, channels)).astype(np.float32)
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    kernel = rng.standard_normal((2, out_h, out_w, groups * kernel_size**2)).astype(np.float32)
+    upstream = rng.standard_normal((2, out_h, out_w, channels)).astype(np.float32)
+    args = (kernel_size, stride, dilation, groups)
+    xt = torch.tensor(x, requires_grad=True)
+    kt = torch.tensor(kernel, requires_grad=True)
+    out = torch_backend.fused_apply(xt, kt, *args, "channels_last")
+    grad_x, grad_kernel = torch.autograd.grad((out * torch.tensor(upstream)).sum(), [xt, kt])
+    expected_x, expected_kernel = ref.involution_apply_gradients(x, kernel, upstream, *args)
+    tolerance = dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.detach().numpy(), ref.involution_apply(x, kernel, *args, "channels_last"), **tolerance)
+    np.testing.assert_allclose(grad_x.numpy(), expected_x, **tolerance)
+    np.testing.assert_allclose(grad_kernel.numpy(), expected_kernel, **tolerance)
+
+
 def test_half_precision_takes_the_inplace_path(rng, monkeypatch):
     calls = []
     monkeypatch.setattr(torch_backend, "fused_apply", lambda *a: calls.append(a))

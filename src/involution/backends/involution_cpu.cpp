@@ -14,7 +14,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define INVOLUTION_AVX2 1
+#endif
 
 namespace {
 
@@ -55,6 +61,19 @@ inline int64_t taps_of(const Geometry& g, int64_t oy, int64_t ox, int64_t* taps,
 // which tap. Returns how many.
 inline int64_t readers_of(const Geometry& g, int64_t iy, int64_t ix, int64_t* taps, int64_t* pixels) {
   int64_t count = 0;
+  if (g.stride == 1) {  // no divisions: they would cost more than the taps' arithmetic
+    for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+      const int64_t oy = iy + g.pad - ky * g.dilation;
+      if (oy < 0 || oy >= g.out_h) continue;
+      for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+        const int64_t ox = ix + g.pad - kx * g.dilation;
+        if (ox < 0 || ox >= g.out_w) continue;
+        taps[count] = ky * g.kernel_size + kx;
+        pixels[count++] = oy * g.out_w + ox;
+      }
+    }
+    return count;
+  }
   for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
     const int64_t sy = iy + g.pad - ky * g.dilation;
     if (sy < 0 || sy % g.stride != 0 || sy / g.stride >= g.out_h) continue;
@@ -156,14 +175,77 @@ void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_ke
   });
 }
 
+#ifdef INVOLUTION_AVX2
+// Lane i of the result is the horizontal sum of v[i]: one transpose-and-add
+// tree for eight dot products instead of eight separate reductions.
+inline __m256 horizontal_sums(const __m256* v) {
+  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+// float32 with a multiple of 8 channels per group: the kernel gradient is
+// K*K*G dot products of length C/G per pixel, and reducing each one on its
+// own costs more than the multiplies; eight taps are reduced together. A
+// chunk with fewer than eight in-image taps reads zeros for the rest, so the
+// eight accumulators always have fixed indices and stay in registers.
+void grad_kernel_avx2(const float* x, const float* grad, float* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  const std::vector<float> zeros(g.channels, 0.0f);
+  for_each_output_pixel(x, g, [&](int64_t pixel, const float* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const float* dy = grad + pixel * g.channels;
+    float* dk = grad_kernel + pixel * kw;
+    for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+    for (int64_t first = 0; first < count; first += 8) {
+      const int64_t n = std::min<int64_t>(8, count - first);
+      const float* rows[8];
+      for (int64_t i = 0; i < 8; ++i) rows[i] = i < n ? image + source[first + i] * g.channels : zeros.data();
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        __m256 sums[8];
+        for (int64_t i = 0; i < 8; ++i) sums[i] = _mm256_setzero_ps();
+        for (int64_t c = grp * cg; c < (grp + 1) * cg; c += 8) {
+          const __m256 d = _mm256_loadu_ps(dy + c);
+#pragma GCC unroll 8
+          for (int64_t i = 0; i < 8; ++i) sums[i] = _mm256_fmadd_ps(d, _mm256_loadu_ps(rows[i] + c), sums[i]);
+        }
+        alignas(32) float reduced[8];
+        _mm256_store_ps(reduced, horizontal_sums(sums));
+        for (int64_t i = 0; i < n; ++i) dk[grp * taps + tap[first + i]] = reduced[i];
+      }
+    }
+  });
+}
+#endif
+
+// The input gradient gathers, for every input pixel, the kernel weights of
+// the K*K output pixels that read it. In the kernel's group-major layout the
+// G weights of one (pixel, tap) lie `K*K` apart, on G cache lines; they are
+// first regrouped tap-major, (B, Ho, Wo, K*K, G), so that they share one.
 template <typename scalar_t>
-void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
+torch::Tensor tap_major(const torch::Tensor& kernel, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps, pixels = g.batch * g.out_h * g.out_w;
+  auto regrouped = torch::empty_like(kernel);
+  const scalar_t* src = kernel.data_ptr<scalar_t>();
+  scalar_t* dst = regrouped.data_ptr<scalar_t>();
+  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t t = 0; t < taps; ++t) dst[p * kw + t * g.groups + grp] = src[p * kw + grp * taps + t];
+      }
+    }
+  });
+  return regrouped;
+}
+
+template <typename scalar_t>
+void grad_input_impl(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
   const int64_t taps = g.taps(), kw = g.groups * taps;
   at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(taps), reader(taps);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.height, iy = row % g.height;
-      const scalar_t* k = kernel + b * g.out_h * g.out_w * kw;
+      const scalar_t* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
       const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
       for (int64_t ix = 0; ix < g.width; ++ix) {
         scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
@@ -171,7 +253,7 @@ void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* gra
         for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
           accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
             for (int64_t i = 0; i < count; ++i) {
-              add(k[reader[i] * kw + grp * taps + tap[i]], dy + reader[i] * g.channels + c0);
+              add(k[reader[i] * kw + tap[i] * g.groups + grp], dy + reader[i] * g.channels + c0);
             }
           });
         });
@@ -211,12 +293,24 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_backward", [&] {
     if (need_input) {
       grad_x = torch::empty_like(x);
-      grad_input_impl<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), g);
+      const torch::Tensor regrouped = tap_major<scalar_t>(kernel, g);
+      grad_input_impl<scalar_t>(regrouped.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), g);
     }
     if (need_kernel) {
       grad_kernel = torch::empty_like(kernel);
-      grad_kernel_impl<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                 grad_kernel.data_ptr<scalar_t>(), g);
+      bool done = false;
+#ifdef INVOLUTION_AVX2
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (g.group_channels() % 8 == 0) {
+          grad_kernel_avx2(x.data_ptr<float>(), grad.data_ptr<float>(), grad_kernel.data_ptr<float>(), g);
+          done = true;
+        }
+      }
+#endif
+      if (!done) {
+        grad_kernel_impl<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                   grad_kernel.data_ptr<scalar_t>(), g);
+      }
     }
   });
   return {grad_x, grad_kernel};
