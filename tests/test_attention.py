@@ -104,3 +104,27 @@ def test_unknown_sizes_match_known_sizes(rng):
     dynamic = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
     static = keras.ops.convert_to_numpy(layer(x))
     np.testing.assert_allclose(dynamic, static, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused correlation is PyTorch's")
+@pytest.mark.parametrize("kernel_size,stride,heads,dilation", CASES)
+@pytest.mark.parametrize("key_dim", [3, 8])
+def test_fused_logits_and_gradients_match_reference(rng, kernel_size, stride, heads, dilation, key_dim):
+    import torch
+
+    from involution.attention import _fast_window_logits, window_logits_reference
+    from involution.backends import torch_backend
+
+    if torch_backend._extension() is None:
+        pytest.skip("the C++ kernels could not be built here")
+    out_h, out_w = -(-7 // stride), -(-8 // stride)
+    queries = torch.tensor(rng.standard_normal((2, out_h, out_w, heads, key_dim)), requires_grad=True)
+    keys = torch.tensor(rng.standard_normal((2, 7, 8, heads, key_dim)), requires_grad=True)
+    upstream = torch.tensor(rng.standard_normal((2, out_h, out_w, heads, kernel_size**2)))
+    fused = _fast_window_logits(queries, keys, kernel_size, stride, dilation)
+    expected = window_logits_reference(queries, keys, kernel_size, stride, dilation)
+    np.testing.assert_allclose(fused.detach().numpy(), expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((fused * upstream).sum(), [queries, keys])
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [queries, keys])
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -315,7 +315,16 @@ def test_default_data_format_follows_keras_config():
 
 
 def test_generator_is_a_registered_layer():
-    generator = InvolutionKernelGenerator(kernel_size=3, stride=2, group_number=2, reduction_ratio=2)
+    generator = InvolutionKernelGenerator(kernel_size=3, stride=2, group_number=2, reduction_ratio=2,
+                                          batch_norm_momentum=0.9)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(generator))
     assert clone.get_config() == generator.get_config()
+    clone.build((None, 8, 8, 4))
+    assert clone.norm.momentum == 0.9
+
+
+@pytest.mark.parametrize("momentum", [1.0, -0.1])
+def test_generator_bad_momentum(momentum):
+    with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):
+        InvolutionKernelGenerator(kernel_size=3, batch_norm_momentum=momentum)
     assert involution.Involution is Involution

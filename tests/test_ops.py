@@ -86,7 +86,7 @@ def finite_difference(fn, arrays, index, eps=1e-3):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 2)])
 def test_gradients_match_finite_differences(rng, implementation, data_format, stride, dilation):
     kernel_size, groups = 3, 2
     x, kernel = random_case(rng, 1, 5, 6, 4, kernel_size, stride, groups, data_format)

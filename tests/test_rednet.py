@@ -40,6 +40,13 @@ def test_cifar_stem_keeps_resolution():
     assert shapes["stage4"] == (None, 4, 4, 512)
 
 
+def test_half_stem_halves_once():
+    model = models.create_model("rednet26_cifar_tiny")
+    shapes = {k: tuple(v.shape) for k, v in model.pyramid_outputs.items()}
+    assert shapes["stem"] == (None, 16, 16, 8)
+    assert shapes["stage4"] == (None, 2, 2, 256)
+
+
 def test_without_top_and_config_round_trip(tmp_path, rng):
     model = RedNet(26, include_top=False, input_shape=(32, 32, 3), stem="cifar", width=8)
     assert model.output_shape == (None, 4, 4, 256)

@@ -14,6 +14,7 @@ generator.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from involution import ops as involution_ops
@@ -31,20 +32,70 @@ def window_logits(queries, keys, kernel_size, stride, dilation):
         `(logits (B, Ho, Wo, G, K*K), valid (1, Ho, Wo, 1, K*K))`: `valid`
         is 1 where the tap lies inside the image (zero padding elsewhere).
     """
+    if None in (*queries.shape[1:3], *keys.shape[1:3]):
+        pad = dilation * (kernel_size - 1) // 2
+        inside = ops.pad(ops.ones_like(keys[:1, :, :, :1, :1]), [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
+        valid = ops.stack(
+            [inside[window][..., 0] for window in _windows(queries, kernel_size, stride, dilation)], axis=-1
+        )
+    else:  # known sizes: a constant, no ops per call
+        valid = _valid_taps(keys.shape[1:3], queries.shape[1:3], kernel_size, stride, dilation)
+    logits = _fast_window_logits(queries, keys, kernel_size, stride, dilation)
+    if logits is None:
+        logits = window_logits_reference(queries, keys, kernel_size, stride, dilation)
+    return logits, valid
+
+
+def _valid_taps(size, out_size, kernel_size, stride, dilation):
+    """`(1, Ho, Wo, 1, K*K)` float mask of the taps inside an image of `size`."""
+    pad = dilation * (kernel_size - 1) // 2
+
+    def inside(out, extent):  # (out, K): does output position o's tap k read the image?
+        reads = np.arange(out)[:, None] * stride - pad + np.arange(kernel_size)[None, :] * dilation
+        return (reads >= 0) & (reads < extent)
+
+    rows, cols = inside(out_size[0], size[0]), inside(out_size[1], size[1])
+    valid = rows[:, None, :, None] & cols[None, :, None, :]  # (Ho, Wo, K, K)
+    return valid.reshape(1, out_size[0], out_size[1], 1, kernel_size * kernel_size).astype("float32")
+
+
+def window_logits_reference(queries, keys, kernel_size, stride, dilation):
+    """The `keras.ops` logits: one shifted view of the keys per window tap."""
     pad = dilation * (kernel_size - 1) // 2
     padded = ops.pad(keys, [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
-    inside = ops.pad(ops.ones_like(keys[:1, :, :, :1, :1]), [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
+    return ops.stack(
+        [ops.sum(queries * padded[window], axis=-1) for window in _windows(queries, kernel_size, stride, dilation)],
+        axis=-1,
+    )
+
+
+def _windows(queries, kernel_size, stride, dilation):
+    """Per window tap, the slice of the padded input it reads for every output pixel."""
     out_h, out_w = ops.shape(queries)[1], ops.shape(queries)[2]
     row_span = (out_h - 1) * stride + 1
     col_span = (out_w - 1) * stride + 1
-    logits, valid = [], []
     for tap in range(kernel_size * kernel_size):
         row = (tap // kernel_size) * dilation
         col = (tap % kernel_size) * dilation
-        window = (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
-        logits.append(ops.sum(queries * padded[window], axis=-1))
-        valid.append(inside[window][..., 0])
-    return ops.stack(logits, axis=-1), ops.stack(valid, axis=-1)
+        yield (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
+
+
+def _fast_window_logits(queries, keys, kernel_size, stride, dilation):
+    """The PyTorch backend's fused correlation (C++ on the CPU), or None."""
+    if keras.backend.backend() != "torch" or None in queries.shape[1:] or None in keys.shape[1:]:
+        return None
+    from involution.backends.torch_backend import window_correlation
+
+    _, out_h, out_w, groups, key_dim = queries.shape
+    height, width = keys.shape[1:3]
+    logits = window_correlation(
+        keys.reshape(-1, height, width, groups * key_dim),
+        queries.reshape(-1, out_h, out_w, groups * key_dim),
+        kernel_size, stride, dilation, groups,
+    )
+    if logits is None:
+        return None
+    return logits.reshape(-1, out_h, out_w, groups, kernel_size * kernel_size)
 
 
 @keras.saving.register_keras_serializable(package="involution")

@@ -55,6 +55,9 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         channel: int or None, the channel count the bottleneck width is
             derived from; None uses the input's channels.
         data_format: `"channels_last"`, `"channels_first"` or None.
+        batch_norm_momentum: float, the momentum of the batch
+            normalization's moving statistics (Keras' default 0.99; a short
+            schedule wants less, so that inference statistics keep up).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -75,9 +78,16 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         reduction_ratio=1,
         channel=None,
         data_format=None,
+        batch_norm_momentum=0.99,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0.0 <= batch_norm_momentum < 1.0:
+            raise ValueError(
+                "The `batch_norm_momentum` argument must be in [0, 1). "
+                f"Received: batch_norm_momentum={batch_norm_momentum}"
+            )
+        self.batch_norm_momentum = batch_norm_momentum
         self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
         self.stride = _positive_int(stride, "stride")
         self.group_number = _positive_int(group_number, "group_number")
@@ -102,6 +112,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         )
         self.norm = keras.layers.BatchNormalization(
             axis=-1 if self.data_format == "channels_last" else 1,
+            momentum=self.batch_norm_momentum,
             name="norm",
             dtype=self.dtype_policy,
         )
@@ -140,6 +151,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "reduction_ratio": self.reduction_ratio,
                 "channel": self.channel,
                 "data_format": self.data_format,
+                "batch_norm_momentum": self.batch_norm_momentum,
             }
         )
         return config

@@ -123,11 +123,12 @@ def _register_rednets():
 
 @register_model("rednet26_cifar_tiny")
 def rednet26_cifar_tiny(input_shape=(32, 32, 3), num_classes=10, width=8, **kwargs):
-    """RedNet-26, CIFAR stem, width 8 (8x narrower than ImageNet's): small enough to train on a CPU."""
+    """RedNet-26, width 8 (8x narrower than ImageNet's), stride-2 stem: small enough to train on a CPU."""
     from involution.rednet import RedNet
 
     kwargs.setdefault("name", "rednet26_cifar_tiny")
-    return RedNet(26, num_classes=num_classes, input_shape=input_shape, stem="cifar", width=width, **kwargs)
+    kwargs.setdefault("stem", "cifar_half")
+    return RedNet(26, num_classes=num_classes, input_shape=input_shape, width=width, **kwargs)
 
 
 @register_model("invnet")

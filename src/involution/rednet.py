@@ -11,6 +11,10 @@ import keras
 
 from involution.layer import Involution
 
+# The stride of each stem: the paper's (a stride-2 convolution, then max
+# pooling), one that keeps 32x32 inputs at full size, and one that halves
+# them once (a quarter of the compute, for CPU budgets).
+STEM_STRIDES = {"imagenet": 4, "cifar": 1, "cifar_half": 2}
 DEPTHS = {
     26: (1, 2, 4, 1),
     38: (2, 3, 5, 2),
@@ -67,8 +71,9 @@ class RedNet(keras.Model):
         input_shape: the input's shape, `(None, None, 3)` (any size) by
             default.
         stem: `"imagenet"` (stride 2 conv, 3x3 involution, conv, max pool:
-            stride 4, as in the paper) or `"cifar"` (the same without the
-            strides, for 32x32 inputs).
+            stride 4, as in the paper), `"cifar"` (the same without the
+            strides, for 32x32 inputs) or `"cifar_half"` (only the
+            convolution's stride 2: a quarter of `"cifar"`'s compute).
         width: the first stage's bottleneck width (64 in the paper); every
             stage doubles it and outputs `4 * width` channels.
         **kwargs: `keras.Model` arguments (`name`, ...).
@@ -93,11 +98,11 @@ class RedNet(keras.Model):
                  stem="imagenet", width=64, **kwargs):
         if depth not in DEPTHS:
             raise ValueError(f"The `depth` argument must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"The `stem` argument must be 'imagenet' or 'cifar'. Received: stem={stem!r}")
+        if stem not in STEM_STRIDES:
+            raise ValueError(f"The `stem` argument must be one of {list(STEM_STRIDES)}. Received: stem={stem!r}")
         stem_channels = width
         inputs = keras.Input(tuple(input_shape), name="image")
-        stem_stride = 2 if stem == "imagenet" else 1
+        stem_stride = 1 if stem == "cifar" else 2
         x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1")
         x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution")
         x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_2_bn")(x)
@@ -116,7 +121,7 @@ class RedNet(keras.Model):
         if include_top:
             x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
             outputs = keras.layers.Dense(num_classes, name="logits")(x)
-        kwargs.setdefault("name", f"rednet{depth}" + ("_cifar" if stem == "cifar" else ""))
+        kwargs.setdefault("name", f"rednet{depth}" + ("" if stem == "imagenet" else "_cifar"))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.depth = depth
         self.include_top = include_top

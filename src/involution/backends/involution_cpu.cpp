@@ -262,14 +262,29 @@ void grad_input_impl(const scalar_t* kernel_tap_major, const scalar_t* grad, sca
   });
 }
 
+Geometry geometry(const torch::Tensor& x, int64_t out_h, int64_t out_w, int64_t groups, int64_t kernel_size,
+                  int64_t stride, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "involution_cpu expects contiguous 4D channels-last tensors");
+  TORCH_CHECK(x.size(3) % groups == 0, "channels must be divisible by groups");
+  return Geometry{x.size(0), x.size(1), x.size(2), x.size(3), out_h, out_w,
+                  groups, kernel_size, stride, dilation, dilation * (kernel_size - 1) / 2};
+}
+
 Geometry geometry(const torch::Tensor& x, const torch::Tensor& kernel, int64_t groups, int64_t kernel_size,
                   int64_t stride, int64_t dilation) {
-  TORCH_CHECK(x.dim() == 4 && kernel.dim() == 4, "involution_cpu expects 4D channels-last tensors");
-  TORCH_CHECK(x.is_contiguous() && kernel.is_contiguous(), "involution_cpu expects contiguous tensors");
-  TORCH_CHECK(x.size(3) % groups == 0, "channels must be divisible by groups");
+  TORCH_CHECK(kernel.dim() == 4 && kernel.is_contiguous(), "involution_cpu expects a contiguous 4D kernel");
   TORCH_CHECK(kernel.size(3) == groups * kernel_size * kernel_size, "kernel has the wrong number of taps");
-  return Geometry{x.size(0), x.size(1), x.size(2), x.size(3), kernel.size(1), kernel.size(2),
-                  groups, kernel_size, stride, dilation, dilation * (kernel_size - 1) / 2};
+  return geometry(x, kernel.size(1), kernel.size(2), groups, kernel_size, stride, dilation);
+}
+
+template <typename scalar_t>
+void grad_kernel_dispatch(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+#ifdef INVOLUTION_AVX2
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (g.group_channels() % 8 == 0) return grad_kernel_avx2(x, grad, grad_kernel, g);
+  }
+#endif
+  grad_kernel_impl<scalar_t>(x, grad, grad_kernel, g);
 }
 
 }  // namespace
@@ -294,29 +309,36 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
     if (need_input) {
       grad_x = torch::empty_like(x);
       const torch::Tensor regrouped = tap_major<scalar_t>(kernel, g);
-      grad_input_impl<scalar_t>(regrouped.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), g);
+      grad_input_impl<scalar_t>(regrouped.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                grad_x.data_ptr<scalar_t>(), g);
     }
     if (need_kernel) {
       grad_kernel = torch::empty_like(kernel);
-      bool done = false;
-#ifdef INVOLUTION_AVX2
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (g.group_channels() % 8 == 0) {
-          grad_kernel_avx2(x.data_ptr<float>(), grad.data_ptr<float>(), grad_kernel.data_ptr<float>(), g);
-          done = true;
-        }
-      }
-#endif
-      if (!done) {
-        grad_kernel_impl<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                   grad_kernel.data_ptr<scalar_t>(), g);
-      }
+      grad_kernel_dispatch<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                     grad_kernel.data_ptr<scalar_t>(), g);
     }
   });
   return {grad_x, grad_kernel};
 }
 
+// Window correlation: out[p, g, t] = sum over group g's channels of
+// grad[p, c] * x[window tap t of p, c]. It is the apply step's kernel
+// gradient, and local attention's query-key logits (grad = queries,
+// x = keys). Output (B, Ho, Wo, G*K*K), group-major, zero at padding taps.
+torch::Tensor correlate(torch::Tensor x, torch::Tensor grad, int64_t groups, int64_t kernel_size, int64_t stride,
+                        int64_t dilation) {
+  TORCH_CHECK(grad.dim() == 4 && grad.is_contiguous() && grad.size(3) == x.size(3),
+              "correlate expects a contiguous grad (B, Ho, Wo, C) with x's channels");
+  const Geometry g = geometry(x, grad.size(1), grad.size(2), groups, kernel_size, stride, dilation);
+  auto out = torch::empty({g.batch, g.out_h, g.out_w, groups * g.taps()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_correlate", [&] {
+    grad_kernel_dispatch<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "Involution apply step, channels-last (CPU)");
   m.def("backward", &backward, "Gradients of the involution apply step (CPU)");
+  m.def("correlate", &correlate, "Window correlation: the kernel gradient's form (CPU)");
 }

@@ -55,18 +55,46 @@ def _grouped_involution_fwd(x, kernel, kernel_size, stride, dilation):
 def _grouped_involution_bwd(kernel_size, stride, dilation, residuals, grad):
     x, kernel = residuals
     pad = dilation * (kernel_size - 1) // 2
-    height, width = x.shape[1:3]
     out_h, out_w = grad.shape[1:3]
     padded = _pad(x, pad)
-    padded_h, padded_w = padded.shape[1:3]
+    grad_kernel = [
+        jnp.sum(grad * _window(padded, row, col, stride, out_h, out_w), axis=-1)
+        for row, col in tap_offsets(kernel_size, dilation)
+    ]
+    if stride == 1:
+        grad_x = _input_gradient_gather(grad, kernel, kernel_size, dilation)
+    else:
+        grad_x = _input_gradient_scatter(grad, kernel, x.shape, kernel_size, stride, dilation)
+    return grad_x, jnp.stack(grad_kernel, axis=-1)
+
+
+def _input_gradient_gather(grad, kernel, kernel_size, dilation):
+    """Stride 1: input pixel `i` is read through tap `(row, col)` by output
+    pixel `i + pad - (row, col)`, so the input gradient sums one shifted
+    window of `grad * kernel` per tap, the forward pass's shape (one fused
+    loop) instead of a padded copy of the input per tap."""
+    pad = dilation * (kernel_size - 1) // 2
+    grad_padded, kernel_padded = _pad(grad, pad), _pad(kernel, pad)
+    height, width = grad.shape[1:3]
+    grad_x = None
+    for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
+        start = (2 * pad - row, 2 * pad - col)
+        term = (_window(grad_padded, *start, 1, height, width)
+                * _window(kernel_padded, *start, 1, height, width)[..., tap : tap + 1])
+        grad_x = term if grad_x is None else grad_x + term
+    return grad_x
+
+
+def _input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation):
+    """Any stride: each tap's contribution lands on a strided grid of the
+    padded input (interior padding spreads it, edge padding places it)."""
+    pad = dilation * (kernel_size - 1) // 2
+    height, width = x_shape[1:3]
+    out_h, out_w = grad.shape[1:3]
+    padded_h, padded_w = height + 2 * pad, width + 2 * pad
     no_padding = (0, 0, 0)
-    grad_kernel = []
     grad_padded = None
     for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation)):
-        window = _window(padded, row, col, stride, out_h, out_w)
-        grad_kernel.append(jnp.sum(grad * window, axis=-1))
-        # The tap's contribution lands on a strided grid of the padded input:
-        # interior padding spreads it, edge padding places it.
         contribution = lax.pad(
             grad * kernel[..., tap : tap + 1],
             jnp.zeros((), grad.dtype),
@@ -76,8 +104,7 @@ def _grouped_involution_bwd(kernel_size, stride, dilation, residuals, grad):
              no_padding, no_padding),
         )
         grad_padded = contribution if grad_padded is None else grad_padded + contribution
-    grad_x = grad_padded[:, pad : pad + height, pad : pad + width]
-    return grad_x, jnp.stack(grad_kernel, axis=-1)
+    return grad_padded[:, pad : pad + height, pad : pad + width]
 
 
 grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)

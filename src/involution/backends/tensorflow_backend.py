@@ -45,6 +45,44 @@ def _spread(values, stride, axis):
     return values[:, :keep] if axis == _ROWS else values[:, :, :keep]
 
 
+def _pad_spatial(values, before, after):
+    return tf.pad(values, [[0, 0], [before[0], after[0]], [before[1], after[1]], [0, 0], [0, 0]])
+
+
+def _input_gradient_gather(upstream, kernel, offsets, pad):
+    """Stride 1: input pixel `i` is read through tap `(row, col)` by output
+    pixel `i + pad - (row, col)`, so the input gradient sums one shifted
+    window of `upstream * kernel` per tap, the forward pass's shape (one fused
+    loop) instead of a padded copy of the input per tap."""
+    height, width = tf.shape(upstream)[1], tf.shape(upstream)[2]
+    upstream_padded = _pad_spatial(upstream, (pad, pad), (pad, pad))
+    kernel_padded = _pad_spatial(kernel, (pad, pad), (pad, pad))
+    grad_x = None
+    for tap, (row, col) in enumerate(offsets):
+        start = (2 * pad - row, 2 * pad - col)
+        term = (_window(upstream_padded, *start, 1, height, width)
+                * _window(kernel_padded[..., tap : tap + 1], *start, 1, height, width))
+        grad_x = term if grad_x is None else grad_x + term
+    return grad_x
+
+
+def _input_gradient_scatter(upstream, kernel, offsets, pad, stride, x_shape):
+    """Any stride: each tap's contribution, spread to the stride's grid, is
+    placed on the padded input by edge padding."""
+    out_h, out_w = tf.shape(upstream)[1], tf.shape(upstream)[2]
+    height, width = x_shape[1], x_shape[2]
+    grad_padded = None
+    for tap, (row, col) in enumerate(offsets):
+        spread = _spread(_spread(upstream * kernel[..., tap : tap + 1], stride, _ROWS), stride, _COLS)
+        placed = _pad_spatial(
+            spread,
+            (row, col),
+            (height + 2 * pad - row - (out_h - 1) * stride - 1, width + 2 * pad - col - (out_w - 1) * stride - 1),
+        )
+        grad_padded = placed if grad_padded is None else grad_padded + placed
+    return grad_padded[:, pad : pad + height, pad : pad + width]
+
+
 def _grouped_involution(kernel_size, stride, dilation):
     pad = dilation * (kernel_size - 1) // 2
     offsets = tap_offsets(kernel_size, dilation)
@@ -61,22 +99,14 @@ def _grouped_involution(kernel_size, stride, dilation):
 
         def grad(upstream):
             # Recomputes the windows from `padded` instead of storing them.
-            grad_kernel = []
-            grad_padded = None
-            padded_h, padded_w = tf.shape(padded)[1], tf.shape(padded)[2]
-            for tap, (row, col) in enumerate(offsets):
-                window = _window(padded, row, col, stride, out_h, out_w)
-                grad_kernel.append(tf.reduce_sum(upstream * window, axis=-1))
-                spread = _spread(_spread(upstream * kernel[..., tap : tap + 1], stride, _ROWS), stride, _COLS)
-                placed = tf.pad(spread, [
-                    [0, 0],
-                    [row, padded_h - row - (out_h - 1) * stride - 1],
-                    [col, padded_w - col - (out_w - 1) * stride - 1],
-                    [0, 0], [0, 0],
-                ])
-                grad_padded = placed if grad_padded is None else grad_padded + placed
-            height, width = tf.shape(x)[1], tf.shape(x)[2]
-            grad_x = grad_padded[:, pad : pad + height, pad : pad + width]
+            grad_kernel = [
+                tf.reduce_sum(upstream * _window(padded, row, col, stride, out_h, out_w), axis=-1)
+                for row, col in offsets
+            ]
+            if stride == 1:
+                grad_x = _input_gradient_gather(upstream, kernel, offsets, pad)
+            else:
+                grad_x = _input_gradient_scatter(upstream, kernel, offsets, pad, stride, tf.shape(x))
             return grad_x, tf.stack(grad_kernel, axis=-1)
 
         return output, grad

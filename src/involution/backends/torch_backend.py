@@ -4,6 +4,8 @@ On the CPU (float32/float64) the apply step and its gradients are three
 fused loops (`involution_cpu.cpp`), compiled with PyTorch's extension
 builder the first time they are needed (about half a minute, then cached by
 PyTorch per machine): one pass over memory instead of one per kernel tap.
+The kernel-gradient loop also computes local attention's query-key logits
+(`WindowCorrelation`, used by `involution.attention`).
 
 Elsewhere (GPU tensors, half precision, or where no C++ compiler is found)
 an autograd Function of in-place accumulations runs instead: Keras runs
@@ -88,6 +90,38 @@ class FusedInvolution(torch.autograd.Function):
             grad.contiguous(), x, kernel, *ctx.geometry, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         )
         return grad_x, grad_kernel, None, None, None, None
+
+
+class WindowCorrelation(torch.autograd.Function):
+    """keys `(B, H, W, C)`, queries `(B, Ho, Wo, C)` -> `(B, Ho, Wo, G*K*K)`:
+    per group, each query's dot products with its window of keys (local
+    attention's logits). The correlation is the apply step's kernel
+    gradient, so its own gradients are the apply step (for the queries) and
+    the apply step's input gradient (for the keys)."""
+
+    @staticmethod
+    def forward(ctx, keys, queries, groups, kernel_size, stride, dilation):
+        ctx.save_for_backward(keys, queries)
+        ctx.geometry = (groups, kernel_size, stride, dilation)
+        return _extension().correlate(keys, queries, groups, kernel_size, stride, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        keys, queries = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_keys = grad_queries = None
+        if ctx.needs_input_grad[0]:
+            grad_keys = _extension().backward(queries, keys, grad, *ctx.geometry, True, False)[0]
+        if ctx.needs_input_grad[1]:
+            grad_queries = _extension().forward(keys, grad, *ctx.geometry)
+        return grad_keys, grad_queries, None, None, None, None
+
+
+def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
+    """`WindowCorrelation` where the C++ kernels apply (CPU, float32/64), else None."""
+    if keys.device.type != "cpu" or keys.dtype not in (torch.float32, torch.float64) or _extension() is None:
+        return None
+    return WindowCorrelation.apply(keys.contiguous(), queries.contiguous(), groups, kernel_size, stride, dilation)
 
 
 # Each pass over the K*K taps works on a slice of the batch whose output fits
