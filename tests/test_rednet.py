@@ -40,6 +40,17 @@ def test_cifar_stem_keeps_resolution():
     assert shapes["stage4"] == (None, 4, 4, 512)
 
 
+def test_residual_branches_start_at_zero(rng):
+    model = RedNet(26, num_classes=5, input_shape=(32, 32, 3), stem="cifar", width=8)
+    last_norms = [layer for layer in model.layers if layer.name.startswith("stage") and layer.name.endswith("_3_bn")]
+    assert len(last_norms) == sum((1, 2, 4, 1))
+    for layer in last_norms:
+        assert not np.any(keras.ops.convert_to_numpy(layer.gamma)), layer.name
+    other_norms = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization) and layer not in last_norms]
+    assert all(np.all(keras.ops.convert_to_numpy(layer.gamma) == 1) for layer in other_norms)
+
+
 def test_half_stem_halves_once():
     model = models.create_model("rednet26_cifar_tiny")
     shapes = {k: tuple(v.shape) for k, v in model.pyramid_outputs.items()}

@@ -26,10 +26,11 @@ EXPANSION = 4
 GROUP_CHANNELS = 16
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, activation=True):
+def _conv_bn(x, filters, kernel_size, strides, name, activation=True, zero_gamma=False):
     x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                             use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn",
+                                        gamma_initializer="zeros" if zero_gamma else "ones")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
@@ -53,7 +54,11 @@ def _bottleneck(x, mid_channels, stride, name):
     y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution")
     y = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_2_bn")(y)
     y = keras.layers.ReLU(name=f"{name}_2_relu")(y)
-    y = _conv_bn(y, out_channels, 1, 1, f"{name}_3", activation=False)
+    # Each residual branch starts as zero (its last batch norm's scale is 0),
+    # so the untrained network is its shortcuts: the official code's default
+    # (mmcls `zero_init_residual=True`), and without it Adam at the example's
+    # learning rate diverged (NaN) in the second epoch of the CIFAR run.
+    y = _conv_bn(y, out_channels, 1, 1, f"{name}_3", activation=False, zero_gamma=True)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
