@@ -1,19 +1,89 @@
-"""The JAX fast path: `jax.custom_vjp` over a channels-last shift-and-accumulate.
+"""The JAX fast paths: `jax.custom_vjp` over fused C++ loops or over XLA.
 
-The same plan as the TensorFlow path (both compile with XLA): the grouped
-channels-last layout `(B, H, W, G, C/G)`, where a group's kernel broadcasts
-along the innermost axis and the kernel gradient reduces over it, and a
-backward pass that keeps only the input and the kernel.
+On the CPU (float32/float64) the apply step and its gradients are the fused
+loops of `involution_kernels.h`, the ones the PyTorch backend runs, called
+as XLA FFI custom calls (`involution_ffi.cpp`, compiled on first use into
+`~/.cache/involution/kernels`): XLA's CPU code for the kernel gradient's
+`K*K` channel reductions runs one loop per tap at a few GB/s, several
+times slower than the whole fused backward.
+
+Elsewhere (GPUs, half precision, no C++ compiler) the same plan as the
+TensorFlow path runs, compiled by XLA: the grouped channels-last layout
+`(B, H, W, G, C/G)`, where a group's kernel broadcasts along the innermost
+axis and the kernel gradient reduces over it. Both keep only the input and
+the kernel for the backward pass.
 """
 
+import ctypes
 import functools
+import os
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from involution.backends import tap_offsets
+from involution.backends import native, tap_offsets
 from involution.ops import involution_apply_reference
+
+# Set to 0 to skip building the C++ kernels (XLA's path runs instead).
+FFI_ENV = "INVOLUTION_JAX_FFI"
+_FFI_SOURCE = Path(__file__).with_name("involution_ffi.cpp")
+_FFI_TARGETS = {"forward": "InvolutionForward", "backward": "InvolutionBackward"}
+
+
+@functools.lru_cache(maxsize=None)
+def _ffi_available():
+    """Builds and registers the C++ handlers once; False where they cannot be."""
+    if os.environ.get(FFI_ENV, "1") == "0":
+        return False
+    try:
+        library = ctypes.cdll.LoadLibrary(str(native.shared_library(_FFI_SOURCE, [jax.ffi.include_dir()])))
+        for target, symbol in _FFI_TARGETS.items():
+            jax.ffi.register_ffi_target(
+                f"involution_{target}", jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
+            )
+        return True
+    except Exception as error:  # no compiler, a build error, an older jaxlib...
+        warnings.warn(
+            f"involution: the fused CPU kernels could not be built for JAX ({type(error).__name__}: {error}); "
+            f"using XLA's path. Set {FFI_ENV}=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+
+
+def _ffi_call(target, result_shapes, *args, groups, kernel_size, stride, dilation):
+    if not _ffi_available():
+        raise RuntimeError("involution: the fused CPU kernels for JAX are not available here (see the warning)")
+    call = jax.ffi.ffi_call(f"involution_{target}", result_shapes, vmap_method="sequential")
+    return call(*args, groups=np.int64(groups), kernel_size=np.int64(kernel_size), stride=np.int64(stride),
+                dilation=np.int64(dilation))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def fused_involution(x, kernel, groups, kernel_size, stride, dilation):
+    """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)` by the C++ loops."""
+    out_shape = jax.ShapeDtypeStruct(kernel.shape[:3] + x.shape[3:], x.dtype)
+    return _ffi_call("forward", out_shape, x, kernel, groups=groups, kernel_size=kernel_size, stride=stride,
+                     dilation=dilation)
+
+
+def _fused_involution_fwd(x, kernel, groups, kernel_size, stride, dilation):
+    return fused_involution(x, kernel, groups, kernel_size, stride, dilation), (x, kernel)
+
+
+def _fused_involution_bwd(groups, kernel_size, stride, dilation, residuals, grad):
+    x, kernel = residuals
+    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
+    return tuple(_ffi_call("backward", shapes, grad.astype(x.dtype), x, kernel, groups=groups,
+                           kernel_size=kernel_size, stride=stride, dilation=dilation))
+
+
+fused_involution.defvjp(_fused_involution_fwd, _fused_involution_bwd)
 
 
 def _window(padded, row, col, stride, out_h, out_w):
@@ -111,8 +181,9 @@ grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)
 
 
 # With fewer channels per group than this (the Keras example's 3), XLA's own
-# autodiff of the reference is faster than the custom gradient (seed shape,
-# `bench_involution.py`), so the reference runs.
+# autodiff of the reference is faster than either custom gradient (seed
+# shape, `bench_involution.py`: 41 ms, against 87 ms for the C++ loops, whose
+# vectors are 8 channels wide), so the reference runs.
 MIN_GROUP_CHANNELS = 8
 
 
@@ -120,21 +191,29 @@ def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data
     channels = inputs.shape[-1 if data_format == "channels_last" else 1]
     if channels // groups < MIN_GROUP_CHANNELS:
         return involution_apply_reference(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
-    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+    use_ffi = inputs.dtype == kernel.dtype and _use_ffi(inputs.dtype)
+    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format,
+                          "ffi" if use_ffi else "xla")
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    taps = kernel_size * kernel_size
+def _use_ffi(dtype):
+    return jax.default_backend() == "cpu" and dtype in (jnp.float32, jnp.float64) and _ffi_available()
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, path):
+    """`path`: "ffi" (the C++ loops) or "xla" (`grouped_involution`)."""
     if data_format == "channels_first":
         inputs = jnp.transpose(inputs, (0, 2, 3, 1))
         kernel = jnp.transpose(kernel, (0, 2, 3, 1))
     batch, height, width, channels = inputs.shape
     out_h, out_w = kernel.shape[1:3]
-    x = inputs.reshape(batch, height, width, groups, channels // groups)
-    w = kernel.reshape(batch, out_h, out_w, groups, taps)
-    output = grouped_involution(x, w, kernel_size, stride, dilation)
-    output = output.reshape(batch, out_h, out_w, channels)
+    if path == "ffi":
+        output = fused_involution(inputs, kernel, groups, kernel_size, stride, dilation)
+    else:
+        x = inputs.reshape(batch, height, width, groups, channels // groups)
+        w = kernel.reshape(batch, out_h, out_w, groups, kernel_size * kernel_size)
+        output = grouped_involution(x, w, kernel_size, stride, dilation).reshape(batch, out_h, out_w, channels)
     if data_format == "channels_first":
         output = jnp.transpose(output, (0, 3, 1, 2))
     return output

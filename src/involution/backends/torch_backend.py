@@ -16,16 +16,14 @@ backward pass.
 """
 
 import functools
-import hashlib
 import os
-import platform
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from involution.backends import tap_offsets
+from involution.backends import native, tap_offsets
 from involution.backends import window as _window
 
 # Set to 0 to skip building the C++ kernels (the in-place path runs instead).
@@ -37,18 +35,6 @@ FUSED_MIN_GROUP_CHANNELS = 8
 _SOURCE = Path(__file__).with_name("involution_cpu.cpp")
 
 
-def _cpu_signature():
-    """A short tag of this CPU's instruction sets: the build uses `-march=native`,
-    and PyTorch's build cache is keyed by name, not by machine."""
-    flags = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
-
-
 @functools.lru_cache(maxsize=None)
 def _extension():
     """The compiled CPU kernels, or None where they cannot be built."""
@@ -58,9 +44,9 @@ def _extension():
         from torch.utils import cpp_extension
 
         return cpp_extension.load(
-            name=f"involution_cpu_{_cpu_signature()}",
+            name=f"involution_cpu_{native.build_key(_SOURCE)}",
             sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=native.CXX_FLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

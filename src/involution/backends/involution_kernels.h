@@ -1,0 +1,296 @@
+// The involution apply step's loops on the CPU, shared by the PyTorch
+// extension (involution_cpu.cpp) and the JAX FFI library (involution_ffi.cpp).
+//
+// One pass over memory per direction: every output pixel reads its K*K
+// neighbours (which stay in cache between neighbouring pixels) and its
+// kernel, and writes its channels once. Buffers are channels-last and
+// contiguous: x (B, H, W, C), kernel (B, Ho, Wo, G*K*K) group-major,
+// output (B, Ho, Wo, C); channel c belongs to group c / (C / G). The
+// innermost loops run over a group's contiguous channels, so they vectorise.
+//
+// The input gradient is computed as a gather over the output pixels that
+// read each input pixel, so parallel rows never write to the same memory.
+//
+// The including file defines, before including this header,
+//   namespace involution { template <typename Fn>
+//   void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn); }
+// which calls fn(chunk_begin, chunk_end) over [begin, end) on its threads.
+
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define INVOLUTION_AVX2 1
+#endif
+
+namespace involution {
+
+struct Geometry {
+  int64_t batch, height, width, channels, out_h, out_w, groups, kernel_size, stride, dilation, pad;
+  int64_t group_channels() const { return channels / groups; }
+  int64_t taps() const { return kernel_size * kernel_size; }
+};
+
+// Channels are processed in blocks of 16 or 8: a block's accumulators stay
+// in vector registers across all K*K taps, so each tap costs one load and one
+// multiply-add per block instead of a load-modify-store of the output.
+constexpr int64_t kBlock = 16;
+
+inline int64_t block_width(int64_t remaining) {
+  return remaining >= 16 ? 16 : remaining >= 8 ? 8 : remaining;
+}
+
+// The taps of output pixel (oy, ox) that fall inside the input (the rest
+// read zero padding and contribute nothing): their indices and the input
+// pixels they read. Returns how many.
+inline int64_t taps_of(const Geometry& g, int64_t oy, int64_t ox, int64_t* taps, int64_t* pixels) {
+  int64_t count = 0;
+  for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+    const int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
+    if (iy < 0 || iy >= g.height) continue;
+    for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+      const int64_t ix = ox * g.stride - g.pad + kx * g.dilation;
+      if (ix < 0 || ix >= g.width) continue;
+      taps[count] = ky * g.kernel_size + kx;
+      pixels[count++] = iy * g.width + ix;
+    }
+  }
+  return count;
+}
+
+// The output pixels whose window reads input pixel (iy, ix), and through
+// which tap. Returns how many.
+inline int64_t readers_of(const Geometry& g, int64_t iy, int64_t ix, int64_t* taps, int64_t* pixels) {
+  int64_t count = 0;
+  if (g.stride == 1) {  // no divisions: they would cost more than the taps' arithmetic
+    for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+      const int64_t oy = iy + g.pad - ky * g.dilation;
+      if (oy < 0 || oy >= g.out_h) continue;
+      for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+        const int64_t ox = ix + g.pad - kx * g.dilation;
+        if (ox < 0 || ox >= g.out_w) continue;
+        taps[count] = ky * g.kernel_size + kx;
+        pixels[count++] = oy * g.out_w + ox;
+      }
+    }
+    return count;
+  }
+  for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
+    const int64_t sy = iy + g.pad - ky * g.dilation;
+    if (sy < 0 || sy % g.stride != 0 || sy / g.stride >= g.out_h) continue;
+    for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
+      const int64_t sx = ix + g.pad - kx * g.dilation;
+      if (sx < 0 || sx % g.stride != 0 || sx / g.stride >= g.out_w) continue;
+      taps[count] = ky * g.kernel_size + kx;
+      pixels[count++] = (sy / g.stride) * g.out_w + sx / g.stride;
+    }
+  }
+  return count;
+}
+
+template <int64_t W, typename scalar_t, typename Taps>
+inline void accumulate_fixed(scalar_t* __restrict__ out, Taps taps) {
+  scalar_t acc[W] = {};
+  taps([&](scalar_t w, const scalar_t* __restrict__ src) {
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) acc[c] += w * src[c];
+  });
+  for (int64_t c = 0; c < W; ++c) out[c] = acc[c];
+}
+
+// out[c] = sum over taps of weight(tap) * source(tap)[c], for one block of
+// `width` channels (16 and 8 are the vectorised cases).
+template <typename scalar_t, typename Taps>
+inline void accumulate_block(scalar_t* __restrict__ out, int64_t width, Taps taps) {
+  if (width == 16) return accumulate_fixed<16>(out, taps);
+  if (width == 8) return accumulate_fixed<8>(out, taps);
+  scalar_t acc[kBlock] = {};
+  taps([&](scalar_t w, const scalar_t* __restrict__ src) {
+    for (int64_t c = 0; c < width; ++c) acc[c] += w * src[c];
+  });
+  for (int64_t c = 0; c < width; ++c) out[c] = acc[c];
+}
+
+// Calls fn(grp, c0, width) for every block of every group's channels.
+template <typename Fn>
+inline void for_each_block(const Geometry& g, Fn fn) {
+  const int64_t cg = g.group_channels();
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    for (int64_t c0 = grp * cg, width; c0 < (grp + 1) * cg; c0 += width) {
+      width = block_width((grp + 1) * cg - c0);
+      fn(grp, c0, width);
+    }
+  }
+}
+
+// Calls fn(pixel, image, count, taps, sources) for every output pixel, in
+// parallel over output rows: `image` is the pixel's input image, and the
+// first `count` entries of `taps` / `sources` its in-image taps and the
+// input pixels they read (see taps_of).
+template <typename scalar_t, typename Fn>
+void for_each_output_pixel(const scalar_t* x, const Geometry& g, Fn fn) {
+  parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> taps(g.taps()), sources(g.taps());
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.out_h, oy = row % g.out_h;
+      const scalar_t* image = x + b * g.height * g.width * g.channels;
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t count = taps_of(g, oy, ox, taps.data(), sources.data());
+        fn(row * g.out_w + ox, image, count, taps.data(), sources.data());
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps;
+  for_each_output_pixel(x, g, [&](int64_t pixel, const scalar_t* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const scalar_t* k = kernel + pixel * kw;
+    for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
+      accumulate_block<scalar_t>(out + pixel * g.channels + c0, width, [&](auto&& add) {
+        for (int64_t i = 0; i < count; ++i) add(k[grp * taps + tap[i]], image + source[i] * g.channels + c0);
+      });
+    });
+  });
+}
+
+template <typename scalar_t>
+void grad_kernel_impl(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  for_each_output_pixel(x, g, [&](int64_t pixel, const scalar_t* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const scalar_t* __restrict__ dy = grad + pixel * g.channels;
+    scalar_t* dk = grad_kernel + pixel * kw;
+    for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const scalar_t* __restrict__ xi = image + source[i] * g.channels;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = grp * cg; c < (grp + 1) * cg; ++c) sum += dy[c] * xi[c];
+        dk[grp * taps + tap[i]] = sum;
+      }
+    }
+  });
+}
+
+#ifdef INVOLUTION_AVX2
+// Lane i of the result is the horizontal sum of v[i]: one transpose-and-add
+// tree for eight dot products instead of eight separate reductions.
+inline __m256 horizontal_sums(const __m256* v) {
+  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+// float32 with a multiple of 8 channels per group: the kernel gradient is
+// K*K*G dot products of length C/G per pixel, and reducing each one on its
+// own costs more than the multiplies; eight taps are reduced together. A
+// chunk with fewer than eight in-image taps reads zeros for the rest, so the
+// eight accumulators always have fixed indices and stay in registers.
+inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kernel, const Geometry& g) {
+  const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
+  const std::vector<float> zeros(g.channels, 0.0f);
+  for_each_output_pixel(x, g, [&](int64_t pixel, const float* image, int64_t count, const int64_t* tap,
+                                  const int64_t* source) {
+    const float* dy = grad + pixel * g.channels;
+    float* dk = grad_kernel + pixel * kw;
+    for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
+    for (int64_t first = 0; first < count; first += 8) {
+      const int64_t n = std::min<int64_t>(8, count - first);
+      const float* rows[8];
+      for (int64_t i = 0; i < 8; ++i) rows[i] = i < n ? image + source[first + i] * g.channels : zeros.data();
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        __m256 sums[8];
+        for (int64_t i = 0; i < 8; ++i) sums[i] = _mm256_setzero_ps();
+        for (int64_t c = grp * cg; c < (grp + 1) * cg; c += 8) {
+          const __m256 d = _mm256_loadu_ps(dy + c);
+#pragma GCC unroll 8
+          for (int64_t i = 0; i < 8; ++i) sums[i] = _mm256_fmadd_ps(d, _mm256_loadu_ps(rows[i] + c), sums[i]);
+        }
+        alignas(32) float reduced[8];
+        _mm256_store_ps(reduced, horizontal_sums(sums));
+        for (int64_t i = 0; i < n; ++i) dk[grp * taps + tap[first + i]] = reduced[i];
+      }
+    }
+  });
+}
+#endif
+
+// The input gradient gathers, for every input pixel, the kernel weights of
+// the K*K output pixels that read it. In the kernel's group-major layout the
+// G weights of one (pixel, tap) lie `K*K` apart, on G cache lines; they are
+// first regrouped tap-major, (B, Ho, Wo, K*K, G), so that they share one.
+template <typename scalar_t>
+void tap_major(const scalar_t* kernel, scalar_t* regrouped, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps, pixels = g.batch * g.out_h * g.out_w;
+  parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t t = 0; t < taps; ++t) regrouped[p * kw + t * g.groups + grp] = kernel[p * kw + grp * taps + t];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_input_impl(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps;
+  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), reader(taps);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.height, iy = row % g.height;
+      const scalar_t* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
+      const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
+      for (int64_t ix = 0; ix < g.width; ++ix) {
+        scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
+        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
+        for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
+          accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
+            for (int64_t i = 0; i < count; ++i) {
+              add(k[reader[i] * kw + tap[i] * g.groups + grp], dy + reader[i] * g.channels + c0);
+            }
+          });
+        });
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_kernel_dispatch(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+#ifdef INVOLUTION_AVX2
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (g.group_channels() % 8 == 0) return grad_kernel_avx2(x, grad, grad_kernel, g);
+  }
+#endif
+  grad_kernel_impl<scalar_t>(x, grad, grad_kernel, g);
+}
+
+// The three entry points. `regrouped` is scratch of the kernel's size.
+template <typename scalar_t>
+void forward(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  forward_impl<scalar_t>(x, kernel, out, g);
+}
+
+template <typename scalar_t>
+void input_gradient(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, scalar_t* regrouped,
+                    const Geometry& g) {
+  tap_major<scalar_t>(kernel, regrouped, g);
+  grad_input_impl<scalar_t>(regrouped, grad, grad_x, g);
+}
+
+// Also local attention's query-key logits (grad = queries, x = keys).
+template <typename scalar_t>
+void kernel_gradient(const scalar_t* x, const scalar_t* grad, scalar_t* grad_kernel, const Geometry& g) {
+  grad_kernel_dispatch<scalar_t>(x, grad, grad_kernel, g);
+}
+
+}  // namespace involution

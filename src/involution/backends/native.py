@@ -1,0 +1,73 @@
+"""Building the C++ loops of `involution_kernels.h` for this machine's CPU.
+
+The PyTorch backend builds them into an extension with PyTorch's builder
+(`torch_backend`), the JAX backend into a plain shared library of XLA FFI
+handlers (`shared_library`, here). Both compile with `-march=native`, so a
+build belongs to one kind of CPU: its cache key holds the CPU's instruction
+sets and the sources' contents.
+"""
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
+CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+
+
+def build_key(*sources):
+    """A short hash of this CPU's instruction sets and of `sources` (and the
+    shared header): a new CPU or an edited source gets a new build."""
+    digest = hashlib.sha1(platform.machine().encode())
+    try:
+        with open("/proc/cpuinfo") as f:
+            digest.update(next((line for line in f if line.startswith(("flags", "Features"))), "").encode())
+    except OSError:
+        pass
+    for source in (KERNELS_HEADER, *sources):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def shared_library(source, include_dirs=(), cache_dir=None):
+    """Compiles `source` into a shared library once per machine and source.
+
+    Args:
+        source: the C++ file (it includes `involution_kernels.h`).
+        include_dirs: extra include directories (treated as system headers,
+            so their warnings stay quiet).
+        cache_dir: where builds are kept; default
+            `$INVOLUTION_CACHE/kernels` (`~/.cache/involution/kernels`).
+
+    Returns:
+        The library's path.
+
+    Raises:
+        RuntimeError: no C++ compiler, or the build failed (its messages).
+    """
+    from involution.data import default_cache_dir
+
+    source = Path(source)
+    cache_dir = Path(cache_dir or os.path.join(default_cache_dir(), "kernels"))
+    target = cache_dir / f"{source.stem}_{build_key(source)}.so"
+    if target.exists():
+        return target
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: a concurrent or interrupted
+    # build never leaves a half-written library under the final name.
+    partial = target.with_name(f"{target.stem}.{os.getpid()}.partial")
+    command = [compiler, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
+    command += [f"-isystem{directory}" for directory in include_dirs]
+    command += [str(source), "-o", str(partial)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    os.replace(partial, target)
+    return target
