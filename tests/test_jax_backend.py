@@ -72,7 +72,10 @@ def test_ffi_against_float64_numpy(rng, kernel_size, stride, dilation, channels,
     x, kernel = case(rng, kernel_size, stride, groups, channels, dtype=dtype, height=9, width=11)
     upstream = rng.standard_normal(kernel.shape[:3] + (channels,)).astype(dtype)
     args = (groups, kernel_size, stride, dilation)
-    with jax.enable_x64(dtype == np.float64):
+    # `jax.enable_x64` (the context manager) is newer than the
+    # `jax.experimental` one, which later versions removed.
+    enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
+    with enable_x64(dtype == np.float64):
         out, pullback = jax.vjp(lambda a, b: jax_backend.fused_involution(a, b, *args), x, kernel)
         grad_x, grad_kernel = pullback(jnp.asarray(upstream))
         assert out.dtype == dtype and grad_kernel.dtype == dtype
