@@ -1,5 +1,10 @@
 """Every registered model: shape, finiteness, gradients, config round trip."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -81,3 +86,30 @@ def test_invnet_without_hidden_layer_takes_any_size(rng):
     model = involution_net(input_shape=(None, None, 3), hidden_units=None)
     x = rng.uniform(0, 1, (1, 24, 40, 3)).astype("float32")
     assert tuple(model(x).shape) == (1, 10)
+
+
+def test_saved_models_reload_after_importing_the_package(rng, tmp_path):
+    # `keras.saving.load_model` finds custom classes only once their modules
+    # ran their registrations; `import involution` must be enough for every
+    # model of the registry (the report reloads trained models this way).
+    x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for name in ("attention_net", "rednet26_cifar_tiny"):
+        model = models.create_model(name, input_shape=(32, 32, 3), num_classes=4)
+        model.save(tmp_path / f"{name}.keras")
+        expected[name] = keras.ops.convert_to_numpy(model(x, training=False))
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, keras
+        import involution
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        for name in sys.argv[1:]:
+            model = keras.saving.load_model({str(tmp_path)!r} + f"/{{name}}.keras")
+            np.save({str(tmp_path)!r} + f"/{{name}}.npy", keras.ops.convert_to_numpy(model(x, training=False)))
+        """
+    )
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    subprocess.run([sys.executable, "-c", script, *expected], check=True, env=env, timeout=600)
+    for name, logits in expected.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), logits, rtol=1e-5, atol=1e-5)
