@@ -74,7 +74,7 @@ def test_ffi_against_float64_numpy(rng, kernel_size, stride, dilation, channels,
     args = (groups, kernel_size, stride, dilation)
     # `jax.enable_x64` (the context manager) is newer than the
     # `jax.experimental` one, which later versions removed.
-    enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
+    enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
     with enable_x64(dtype == np.float64):
         out, pullback = jax.vjp(lambda a, b: jax_backend.fused_involution(a, b, *args), x, kernel)
         grad_x, grad_kernel = pullback(jnp.asarray(upstream))
