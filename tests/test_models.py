@@ -78,6 +78,17 @@ def test_invnet_rejects_mismatched_stages():
 
     with pytest.raises(ValueError, match=r"one entry per stage.*widths=\(48, 96\), blocks=\(1,\)"):
         involution_net(widths=(48, 96), blocks=(1,))
+    with pytest.raises(ValueError, match=r"one size or one per stage.*kernel_size=\(3, 5, 7\)"):
+        involution_net(kernel_size=(3, 5, 7))
+
+
+def test_invnet_kernel_size_per_stage():
+    from involution.networks import involution_net
+
+    model = involution_net(kernel_size=(3, 5))
+    sizes = {layer.name: layer.kernel_size for layer in model.layers if hasattr(layer, "group_number")}
+    assert sizes["stem_involution"] == 3 and sizes["stage1_block2_involution"] == 3
+    assert sizes["stage2_block1_involution"] == 5 and sizes["stage2_block2_involution"] == 5
 
 
 def test_invnet_without_hidden_layer_takes_any_size(rng):

@@ -72,7 +72,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             group (finer groups take its slower path).
         widths: channels per stage.
         blocks: residual blocks per stage.
-        kernel_size: the involutions' kernel size.
+        kernel_size: the involutions' kernel size: one for all, or a tuple
+            with one per stage (the stem takes the first stage's).
         group_channels: channels sharing one kernel (per group / head).
         hidden_units: None for global average pooling straight to the
             logits, or the width of a hidden dense layer after flattening
@@ -97,6 +98,12 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             "`widths` and `blocks` must have one entry per stage. Received: "
             f"widths={widths}, blocks={blocks}"
         )
+    kernel_sizes = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * len(widths)
+    if len(kernel_sizes) != len(widths):
+        raise ValueError(
+            "`kernel_size` must be one size or one per stage. Received: "
+            f"kernel_size={kernel_size}, widths={widths}"
+        )
     key_dim = key_dim if attention else None
     inputs = keras.Input(input_shape, name="image")
     x = _pointwise(inputs, stem_width, "stem", normalize=False)
@@ -104,14 +111,14 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
     # input is a mix of colours, and (as Stand-Alone Self-Attention found for
     # its convolutional stem) attention logits between raw pixels are a poor
     # first layer; it would also triple the cost of the full-resolution part.
-    x = _spatial(x, kernel_size, stem_groups, None, "stem_involution", stride=2, momentum=batch_norm_momentum)
-    for stage, (width, count) in enumerate(zip(widths, blocks), start=1):
+    x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=2, momentum=batch_norm_momentum)
+    for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum)
         for block in range(1, count + 1):
             prefix = f"stage{stage}_block{block}"
-            y = _spatial(x, kernel_size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
+            y = _spatial(x, size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
                          momentum=batch_norm_momentum)
             y = _pointwise(y, width, f"{prefix}_mix", activate=False, momentum=batch_norm_momentum)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
