@@ -109,24 +109,22 @@ ffi::Error Backward(ffi::AnyBuffer grad, ffi::AnyBuffer x, ffi::AnyBuffer kernel
 
 }  // namespace
 
+// Every handler takes the apply step's geometry as attributes.
+#define INVOLUTION_GEOMETRY_ATTRIBUTES \
+  .Attr<int64_t>("groups").Attr<int64_t>("kernel_size").Attr<int64_t>("stride").Attr<int64_t>("dilation")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InvolutionForward, Forward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("groups")
-                                  .Attr<int64_t>("kernel_size")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation"));
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // kernel
+                                  .Ret<ffi::AnyBuffer>()  // output
+                                      INVOLUTION_GEOMETRY_ATTRIBUTES);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InvolutionBackward, Backward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("groups")
-                                  .Attr<int64_t>("kernel_size")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation"));
+                                  .Arg<ffi::AnyBuffer>()  // output gradient
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // kernel
+                                  .Ret<ffi::AnyBuffer>()  // input gradient
+                                  .Ret<ffi::AnyBuffer>()  // kernel gradient
+                                      INVOLUTION_GEOMETRY_ATTRIBUTES);
