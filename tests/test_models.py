@@ -80,6 +80,8 @@ def test_invnet_rejects_mismatched_stages():
         involution_net(widths=(48, 96), blocks=(1,))
     with pytest.raises(ValueError, match=r"one size or one per stage.*kernel_size=\(3, 5, 7\)"):
         involution_net(kernel_size=(3, 5, 7))
+    with pytest.raises(ValueError, match=r"`stem_stride` must be 1 or 2. Received: stem_stride=4"):
+        involution_net(stem_stride=4)
 
 
 def test_invnet_kernel_size_per_stage():
@@ -89,6 +91,15 @@ def test_invnet_kernel_size_per_stage():
     sizes = {layer.name: layer.kernel_size for layer in model.layers if hasattr(layer, "group_number")}
     assert sizes["stem_involution"] == 3 and sizes["stage1_block2_involution"] == 3
     assert sizes["stage2_block1_involution"] == 5 and sizes["stage2_block2_involution"] == 5
+
+
+def test_invnet_full_resolution_stem(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(stem_stride=1)
+    assert model.get_layer("stem_involution").stride == 1
+    assert model.get_layer("stem_pool").output.shape[1:3] == (16, 16)
+    assert model.count_params() == involution_net().count_params()
 
 
 def test_invnet_without_hidden_layer_takes_any_size(rng):

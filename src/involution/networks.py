@@ -48,7 +48,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9):
     )(x)
 
 
-def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, widths=(64, 128),
+def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2, widths=(64, 128),
                    blocks=(2, 2), kernel_size=3, group_channels=8, hidden_units=None, batch_norm_momentum=0.9,
                    attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (77,413 parameters by default).
@@ -65,6 +65,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         input_shape, num_classes: the data's.
         stem_width: channels of the stem (its 1x1 convolution and stride-2
             involution run at full resolution, so keep it small).
+        stem_stride: 2 for a stride-2 stem involution, 1 for a stride-1
+            one at full resolution followed by 2x2 max pooling (costlier).
         stem_groups: kernels per pixel of the stem's involution. Its input
             is a 1x1 mix of the 3 colour channels, so each kernel filters a
             different colour mix. 3 groups of 8 channels by default: the
@@ -111,7 +113,12 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
     # input is a mix of colours, and (as Stand-Alone Self-Attention found for
     # its convolutional stem) attention logits between raw pixels are a poor
     # first layer; it would also triple the cost of the full-resolution part.
-    x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=2, momentum=batch_norm_momentum)
+    if stem_stride not in (1, 2):
+        raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride}")
+    x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=stem_stride,
+                 momentum=batch_norm_momentum)
+    if stem_stride == 1:
+        x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
     for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
