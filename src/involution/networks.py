@@ -48,9 +48,9 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9):
     )(x)
 
 
-def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2, widths=(64, 128),
-                   blocks=(2, 2), kernel_size=3, group_channels=8, hidden_units=None, batch_norm_momentum=0.9,
-                   attention=False, key_dim=4, name="invnet"):
+def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2,
+                   widths=(64, 128), blocks=(2, 2), kernel_size=3, group_channels=8, hidden_units=None,
+                   batch_norm_momentum=0.9, attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (77,413 parameters by default).
 
     Layout: a 1x1 convolution to `stem_width` channels and a stride-2
