@@ -323,6 +323,26 @@ def test_generator_is_a_registered_layer():
     assert clone.norm.momentum == 0.9
 
 
+def test_generator_span_initializers(rng):
+    # A zero kernel leaves only the bias: the same static kernel at every
+    # pixel, whatever the input.
+    static = rng.normal(size=2 * 9).astype("float32")
+    generator = InvolutionKernelGenerator(
+        kernel_size=3, group_number=2, reduction_ratio=2, span_initializer="zeros",
+        span_bias_initializer=keras.initializers.Constant(static),
+    )
+    kernels = keras.ops.convert_to_numpy(generator(rng.normal(size=(2, 5, 6, 4)).astype("float32")))
+    np.testing.assert_array_equal(kernels, np.broadcast_to(static, (2, 5, 6, 18)))
+
+    config = generator.get_config()
+    assert config["span_initializer"]["class_name"] == "Zeros"
+    clone = InvolutionKernelGenerator.from_config(config)
+    assert clone.get_config() == config
+    default = InvolutionKernelGenerator(kernel_size=3).get_config()
+    assert default["span_initializer"]["class_name"] == "GlorotUniform"
+    assert default["span_bias_initializer"]["class_name"] == "Zeros"
+
+
 @pytest.mark.parametrize("momentum", [1.0, -0.1])
 def test_generator_bad_momentum(momentum):
     with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):

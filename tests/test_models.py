@@ -102,6 +102,38 @@ def test_invnet_full_resolution_stem(rng):
     assert model.count_params() == involution_net().count_params()
 
 
+def test_invnet_generators_start_static():
+    from involution.networks import involution_net
+
+    def span(model, name):
+        generator = model.get_layer(name).kernel_generator
+        return [keras.ops.convert_to_numpy(w) for w in (generator.span.kernel, generator.span.bias)]
+
+    kernel, bias = span(involution_net(), "stage2_block1_involution")
+    paper_kernel, paper_bias = span(involution_net(dynamic_init_scale=None), "stage2_block1_involution")
+    assert not paper_bias.any()
+    # 7x7 kernels: a static kernel of standard deviation 1/7 per tap, the
+    # input-dependent weights at a tenth of Glorot's amplitude.
+    assert bias.size == 49 * 8 and 0.1 < bias.std() < 0.19
+    assert 0.07 < kernel.std() / paper_kernel.std() < 0.13
+
+
+def test_invnet_dropout_acts_only_in_training(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(dropout=0.5, block_dropout=0.2)
+    assert model.get_layer("head_dropout").rate == 0.5
+    assert model.get_layer("stage2_block2_dropout").rate == 0.2
+    x = rng.uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    inference = [keras.ops.convert_to_numpy(model(x, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    # Batch statistics make training-mode calls differ from inference anyway;
+    # two training-mode calls on the same batch differ only by their masks.
+    training = [keras.ops.convert_to_numpy(model(x, training=True)) for _ in range(2)]
+    assert not np.allclose(training[0], training[1])
+    assert not any("dropout" in layer.name for layer in involution_net().layers)
+
+
 def test_invnet_without_hidden_layer_takes_any_size(rng):
     from involution.networks import involution_net
 

@@ -58,6 +58,16 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         batch_norm_momentum: float, the momentum of the batch
             normalization's moving statistics (Keras' default 0.99; a short
             schedule wants less, so that inference statistics keep up).
+        span_initializer: initializer of the last 1x1 convolution's kernel,
+            the input-dependent part of the generated kernels.
+        span_bias_initializer: initializer of its bias: one static
+            `kernel_size x kernel_size` kernel per group, added at every
+            pixel. The defaults (Glorot uniform, zeros) are the paper's;
+            a small `span_initializer` with a random static kernel starts
+            the involution as a fixed depthwise filter that learns to vary
+            (a random kernel per pixel scrambles the neighbourhood at
+            initialisation, which slows early training; see
+            `involution.networks.involution_net`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -79,9 +89,13 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         channel=None,
         data_format=None,
         batch_norm_momentum=0.99,
+        span_initializer="glorot_uniform",
+        span_bias_initializer="zeros",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.span_initializer = keras.initializers.get(span_initializer)
+        self.span_bias_initializer = keras.initializers.get(span_bias_initializer)
         if not 0.0 <= batch_norm_momentum < 1.0:
             raise ValueError(
                 "The `batch_norm_momentum` argument must be in [0, 1). "
@@ -119,6 +133,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         self.span = keras.layers.Conv2D(
             self.kernel_size * self.kernel_size * self.group_number,
             1,
+            kernel_initializer=self.span_initializer,
+            bias_initializer=self.span_bias_initializer,
             name="span",
             **common,
         )
@@ -152,6 +168,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "channel": self.channel,
                 "data_format": self.data_format,
                 "batch_norm_momentum": self.batch_norm_momentum,
+                "span_initializer": keras.initializers.serialize(self.span_initializer),
+                "span_bias_initializer": keras.initializers.serialize(self.span_bias_initializer),
             }
         )
         return config

@@ -2,14 +2,15 @@
 
 `involution_net` widens the Keras example's involution model the way the
 paper does (channel mixing by 1x1 convolutions with batch normalization,
-spatial mixing by involutions whose kernels are shared by groups of
+spatial mixing by involutions whose kernels are shared by groups of 16
 channels, residual connections), shaped by what a CPU can afford: on these
 machines every full-resolution tensor pass costs about as much as a
-convolution, so the network spends one 1x1 convolution at 32x32, lets a
-stride-2 involution do the first downsampling, and keeps the involution
-blocks at 16x16 and below. `attention_net` is the same network with local
-self-attention kernels (`involution.attention`) in place of the paper's
-kernel generator.
+convolution, so the network spends one 1x1 convolution and one narrow
+involution at 32x32, pools, and keeps its residual blocks at 16x16 (3x3
+kernels) and 8x8 (7x7 kernels, the paper's size, cheap at that resolution).
+`attention_net` is the first version of this network (3x3 kernels
+throughout, stride-2 stem) with local self-attention kernels
+(`involution.attention`) in place of the paper's kernel generator.
 """
 
 import keras
@@ -31,16 +32,26 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9):
     return x
 
 
-def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9):
+def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dynamic_init_scale=None):
     channels = x.shape[-1]
     if key_dim:
         generator = LocalAttentionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, key_dim=key_dim, name=f"{name}_attention"
         )
     else:
+        initializers = {}
+        if dynamic_init_scale is not None:
+            # Glorot's variance scaled by the square of the amplitude scale,
+            # on top of a static kernel with unit expected squared sum.
+            initializers = dict(
+                span_initializer=keras.initializers.VarianceScaling(
+                    dynamic_init_scale**2, mode="fan_avg", distribution="uniform"
+                ),
+                span_bias_initializer=keras.initializers.RandomNormal(stddev=1.0 / kernel_size),
+            )
         generator = InvolutionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, reduction_ratio=4,
-            batch_norm_momentum=momentum, name=f"{name}_generator",
+            batch_norm_momentum=momentum, name=f"{name}_generator", **initializers,
         )
     return Involution(
         channel=channels, group_number=groups, kernel_size=kernel_size, stride=stride,
@@ -48,35 +59,42 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9):
     )(x)
 
 
-def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2,
-                   widths=(64, 128), blocks=(2, 2), kernel_size=3, group_channels=8, hidden_units=None,
-                   batch_norm_momentum=0.9, attention=False, key_dim=4, name="invnet"):
-    """A residual involution network for CIFAR (77,413 parameters by default).
+def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=1,
+                   widths=(64, 128), blocks=(2, 2), kernel_size=(3, 7), group_channels=16, hidden_units=None,
+                   batch_norm_momentum=0.9, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
+                   attention=False, key_dim=4, name="invnet"):
+    """A residual involution network for CIFAR (92,557 parameters by default).
 
-    Layout: a 1x1 convolution to `stem_width` channels and a stride-2
-    involution; then per stage (each after the first starting with 2x2 max
-    pooling) a 1x1 convolution to the stage's width and `blocks` residual
-    blocks (involution, 1x1 convolution, batch normalization, add, ReLU);
-    2x2 max pooling, then global average pooling to the logits (any input
-    size), or, with `hidden_units`, a head like the Keras example's
-    (flatten, a hidden dense layer, logits).
+    Layout: a 1x1 convolution to `stem_width` channels, an involution and
+    2x2 max pooling (or a stride-2 involution); then per stage (each after
+    the first starting with 2x2 max pooling) a 1x1 convolution to the
+    stage's width and `blocks` residual blocks (involution, 1x1
+    convolution, batch normalization, add, ReLU); 2x2 max pooling, then
+    global average pooling to the logits (any input size), or, with
+    `hidden_units`, a head like the Keras example's (flatten, a hidden
+    dense layer, logits).
 
     Args:
         input_shape, num_classes: the data's.
-        stem_width: channels of the stem (its 1x1 convolution and stride-2
+        stem_width: channels of the stem (its 1x1 convolution and
             involution run at full resolution, so keep it small).
-        stem_stride: 2 for a stride-2 stem involution, 1 for a stride-1
-            one at full resolution followed by 2x2 max pooling (costlier).
         stem_groups: kernels per pixel of the stem's involution. Its input
             is a 1x1 mix of the 3 colour channels, so each kernel filters a
             different colour mix. 3 groups of 8 channels by default: the
             PyTorch backend's fused kernels need at least 8 channels per
             group (finer groups take its slower path).
+        stem_stride: 1 for a stride-1 stem involution at full resolution
+            followed by 2x2 max pooling (as the conv model pools after its
+            first convolution), 2 for a stride-2 one (cheaper, about 1.5
+            points less test accuracy on CIFAR-10).
         widths: channels per stage.
         blocks: residual blocks per stage.
         kernel_size: the involutions' kernel size: one for all, or a tuple
-            with one per stage (the stem takes the first stage's).
-        group_channels: channels sharing one kernel (per group / head).
+            with one per stage (the stem takes the first stage's). By
+            default 3x3 at 16x16 and 7x7 at 8x8, where a large window
+            costs little and gains most.
+        group_channels: channels sharing one kernel (per group / head) in
+            the residual blocks; the paper's 16 by default.
         hidden_units: None for global average pooling straight to the
             logits, or the width of a hidden dense layer after flattening
             (the example's head; it overfits: it held three quarters of the
@@ -86,6 +104,20 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             that the moving statistics keep up over a short schedule (196
             steps per CIFAR epoch): at 0.99 the first epochs' test accuracy
             stays near chance while training accuracy climbs.
+        dynamic_init_scale: how the paper's kernel generators start: their
+            input-dependent kernel weights at this fraction of Glorot's
+            amplitude, plus a random static kernel per group (the
+            generator's bias, N(0, 1/K^2) per tap), so that each involution
+            starts as a fixed depthwise filter that learns to vary. None
+            for the paper's initialisation (no static kernel), whose random
+            per-pixel kernels scramble every neighbourhood at first: with
+            it, the first epoch reaches 38.6% test accuracy, with 0.1
+            50.6% (the conv model: 50.9%).
+        dropout: dropout rate before the logits (0 for none). For longer
+            schedules: over the example's 20 epochs, 0.3 slowed learning
+            (48.6% against 58.6% test accuracy after 4 epochs).
+        block_dropout: dropout rate on each residual branch before the
+            addition (0 for none).
         attention: use `LocalAttentionKernelGenerator` kernels (heads of
             `key_dim` query/key channels) instead of the paper's generator
             in the residual blocks (the stem keeps the paper's).
@@ -116,7 +148,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
     if stem_stride not in (1, 2):
         raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride}")
     x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=stem_stride,
-                 momentum=batch_norm_momentum)
+                 momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale)
     if stem_stride == 1:
         x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
     for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
@@ -126,8 +158,10 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         for block in range(1, count + 1):
             prefix = f"stage{stage}_block{block}"
             y = _spatial(x, size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
-                         momentum=batch_norm_momentum)
+                         momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale)
             y = _pointwise(y, width, f"{prefix}_mix", activate=False, momentum=batch_norm_momentum)
+            if block_dropout:
+                y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
             x = keras.layers.ReLU(name=f"{prefix}_out")(x)
     x = keras.layers.MaxPooling2D(2, name="head_pool")(x)
@@ -136,5 +170,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
     else:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
