@@ -149,9 +149,11 @@ def attention_net_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
     # Attention logits cost about three times the paper's generator, so the
     # current invnet's 7x7 windows and full-resolution stem would take this
     # network past an hour per 20 epochs here.
-    kwargs.setdefault("kernel_size", 3)
-    kwargs.setdefault("stem_stride", 2)
-    kwargs.setdefault("group_channels", 8)
+    # Pinned so that later changes to invnet's defaults leave this network
+    # (and its trained checkpoints) as it is.
+    for key, value in dict(kernel_size=3, stem_stride=2, group_channels=8, batch_norm_momentum=0.97,
+                           dynamic_init_scale=0.1).items():
+        kwargs.setdefault(key, value)
     return involution_net(input_shape, num_classes, attention=True, **kwargs)
 
 
