@@ -190,11 +190,20 @@ inline __m256 horizontal_sums(const __m256* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
 }
 
+// The sum of v's eight lanes.
+inline float lane_sum(__m256 v) {
+  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
 // float32 with a multiple of 8 channels per group: the kernel gradient is
 // K*K*G dot products of length C/G per pixel, and reducing each one on its
 // own costs more than the multiplies; eight taps are reduced together. A
 // chunk with fewer than eight in-image taps reads zeros for the rest, so the
-// eight accumulators always have fixed indices and stay in registers.
+// eight accumulators always have fixed indices and stay in registers. The
+// last one to three taps (K=3's ninth, K=7's 49th) are reduced one at a time
+// instead: a padded chunk would do eight taps' work for them.
 inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kernel, const Geometry& g) {
   const int64_t cg = g.group_channels(), taps = g.taps(), kw = g.groups * taps;
   const std::vector<float> zeros(g.channels, 0.0f);
@@ -203,7 +212,8 @@ inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kern
     const float* dy = grad + pixel * g.channels;
     float* dk = grad_kernel + pixel * kw;
     for (int64_t i = 0; i < kw; ++i) dk[i] = 0;
-    for (int64_t first = 0; first < count; first += 8) {
+    int64_t first = 0;
+    for (; count - first >= 4; first += 8) {
       const int64_t n = std::min<int64_t>(8, count - first);
       const float* rows[8];
       for (int64_t i = 0; i < 8; ++i) rows[i] = i < n ? image + source[first + i] * g.channels : zeros.data();
@@ -218,6 +228,15 @@ inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kern
         alignas(32) float reduced[8];
         _mm256_store_ps(reduced, horizontal_sums(sums));
         for (int64_t i = 0; i < n; ++i) dk[grp * taps + tap[first + i]] = reduced[i];
+      }
+    }
+    for (; first < count; ++first) {
+      const float* row = image + source[first] * g.channels;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t c = grp * cg; c < (grp + 1) * cg; c += 8)
+          sum = _mm256_fmadd_ps(_mm256_loadu_ps(dy + c), _mm256_loadu_ps(row + c), sum);
+        dk[grp * taps + tap[first]] = lane_sum(sum);
       }
     }
   });
