@@ -343,6 +343,25 @@ def test_generator_span_initializers(rng):
     assert default["span_bias_initializer"]["class_name"] == "Zeros"
 
 
+def test_generator_span_regularizer(rng):
+    generator = InvolutionKernelGenerator(kernel_size=3, group_number=2, reduction_ratio=2,
+                                          span_regularizer=keras.regularizers.L2(0.01))
+    generator(rng.normal(size=(2, 5, 6, 4)).astype("float32"))
+    # Only the last 1x1 convolution's kernel is penalised, not its bias (the
+    # static kernel) nor the bottleneck.
+    span_kernel = keras.ops.convert_to_numpy(generator.span.kernel).astype("float64")
+    (penalty,) = generator.losses
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(penalty)), 0.01 * np.sum(span_kernel**2),
+                               rtol=1e-5)
+
+    config = generator.get_config()
+    assert config["span_regularizer"]["config"]["l2"] == pytest.approx(0.01)
+    clone = InvolutionKernelGenerator.from_config(config)
+    assert clone.get_config() == config
+    assert InvolutionKernelGenerator(kernel_size=3).get_config()["span_regularizer"] is None
+    assert not InvolutionKernelGenerator(kernel_size=3, span_regularizer=None).losses
+
+
 @pytest.mark.parametrize("momentum", [1.0, -0.1])
 def test_generator_bad_momentum(momentum):
     with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):

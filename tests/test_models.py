@@ -102,6 +102,25 @@ def test_invnet_full_resolution_stem(rng):
     assert model.count_params() == involution_net().count_params()
 
 
+def test_invnet_generator_width_and_regularizers(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(reduction_ratio=8, span_regularizer=keras.regularizers.L2(1e-3),
+                           pointwise_regularizer="l2")
+    generator = model.get_layer("stage2_block1_involution").kernel_generator
+    assert generator.reduce.filters == 128 // 8
+    assert generator.span_regularizer.l2 == pytest.approx(1e-3)
+    # One penalty per generator (stem and four blocks) and per normalised
+    # 1x1 convolution (two stage expansions, four block mixes).
+    assert len(model.losses) == 5 + 6
+    assert involution_net().losses == []
+
+    clone = keras.Model.from_config(model.get_config())
+    assert len(clone.losses) == 5 + 6
+    clone_generator = clone.get_layer("stage2_block1_involution").kernel_generator
+    assert clone_generator.get_config() == generator.get_config()
+
+
 def test_invnet_generators_start_static():
     from involution.networks import involution_net
 

@@ -68,6 +68,9 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             (a random kernel per pixel scrambles the neighbourhood at
             initialisation, which slows early training; see
             `involution.networks.involution_net`).
+        span_regularizer: regularizer of that kernel (None for none). An
+            L2 penalty pulls the generated kernels towards the static bias
+            kernel: it limits how much the kernels vary with the input.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -91,11 +94,13 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         batch_norm_momentum=0.99,
         span_initializer="glorot_uniform",
         span_bias_initializer="zeros",
+        span_regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.span_initializer = keras.initializers.get(span_initializer)
         self.span_bias_initializer = keras.initializers.get(span_bias_initializer)
+        self.span_regularizer = keras.regularizers.get(span_regularizer)
         if not 0.0 <= batch_norm_momentum < 1.0:
             raise ValueError(
                 "The `batch_norm_momentum` argument must be in [0, 1). "
@@ -135,6 +140,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             1,
             kernel_initializer=self.span_initializer,
             bias_initializer=self.span_bias_initializer,
+            kernel_regularizer=self.span_regularizer,
             name="span",
             **common,
         )
@@ -170,6 +176,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "span_initializer": keras.initializers.serialize(self.span_initializer),
                 "span_bias_initializer": keras.initializers.serialize(self.span_bias_initializer),
+                "span_regularizer": keras.regularizers.serialize(self.span_regularizer),
             }
         )
         return config
