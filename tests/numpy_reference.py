@@ -87,13 +87,26 @@ def average_pool_same(x, size):
     return out
 
 
-def kernel_generator(x, weights, stride, epsilon):
-    """Pool, 1x1 conv, batch norm (inference), ReLU, 1x1 conv (NHWC)."""
-    w1, b1, gamma, beta, mean, var, w2, b2 = [np.asarray(w, np.float64) for w in weights]
+def kernel_generator(x, weights, stride, epsilon, normalization="batch"):
+    """Pool, 1x1 conv, normalization, ReLU, 1x1 conv (NHWC).
+
+    `weights`: the 1x1 convolutions' kernels and biases around the
+    normalization's (batch: gamma, beta, moving mean and variance, used as in
+    inference; layer: gamma, beta; None: nothing).
+    """
+    weights = [np.asarray(w, np.float64) for w in weights]
+    (w1, b1), norm_weights, (w2, b2) = weights[:2], weights[2:-2], weights[-2:]
     if stride > 1:
         x = average_pool_same(x, stride)
     h = x @ w1.reshape(w1.shape[-2:]) + b1
-    h = (h - mean) / np.sqrt(var + epsilon) * gamma + beta
+    if normalization == "batch":
+        gamma, beta, mean, var = norm_weights
+        h = (h - mean) / np.sqrt(var + epsilon) * gamma + beta
+    elif normalization == "layer":
+        gamma, beta = norm_weights
+        mean = h.mean(axis=-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(axis=-1, keepdims=True)
+        h = (h - mean) / np.sqrt(var + epsilon) * gamma + beta
     h = np.maximum(h, 0.0)
     return h @ w2.reshape(w2.shape[-2:]) + b2
 

@@ -362,6 +362,43 @@ def test_generator_span_regularizer(rng):
     assert not InvolutionKernelGenerator(kernel_size=3, span_regularizer=None).losses
 
 
+@pytest.mark.parametrize("normalization", ["layer", None])
+def test_generator_without_moving_statistics(rng, normalization):
+    generator = InvolutionKernelGenerator(kernel_size=3, stride=2, group_number=2, reduction_ratio=2,
+                                          normalization=normalization)
+    x = rng.normal(size=(3, 7, 6, 8))
+    generator.build(x.shape)
+    norm_weights = []
+    if normalization == "layer":
+        # Away from the initial (1, 0) so that a wrong axis or a missing
+        # scale shows.
+        generator.norm.gamma.assign(rng.uniform(0.5, 1.5, 4))
+        generator.norm.beta.assign(rng.normal(size=4))
+        norm_weights = [generator.norm.gamma, generator.norm.beta]
+    else:
+        assert generator.norm is None
+    assert not generator.non_trainable_weights
+    weights = [generator.reduce.kernel, generator.reduce.bias, *norm_weights,
+               generator.span.kernel, generator.span.bias]
+    expected = ref.kernel_generator(x, [keras.ops.convert_to_numpy(w) for w in weights], 2, 1e-3, normalization)
+    # No moving statistics: training and inference agree, and each image's
+    # kernels are independent of the rest of the batch.
+    x = x.astype("float32")
+    for kernels in (generator(x, training=True), generator(x, training=False)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(kernels), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(generator(x[:1], training=True)), expected[:1],
+                               rtol=1e-4, atol=1e-4)
+
+    config = generator.get_config()
+    assert config["normalization"] == normalization
+    assert InvolutionKernelGenerator.from_config(config).get_config() == config
+
+
+def test_generator_bad_normalization():
+    with pytest.raises(ValueError, match=r"`normalization`.*'batch', 'layer', None. Received: normalization='group'"):
+        InvolutionKernelGenerator(kernel_size=3, normalization="group")
+
+
 @pytest.mark.parametrize("momentum", [1.0, -0.1])
 def test_generator_bad_momentum(momentum):
     with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):

@@ -121,6 +121,20 @@ def test_invnet_generator_width_and_regularizers(rng):
     assert clone_generator.get_config() == generator.get_config()
 
 
+@pytest.mark.parametrize("normalization", ["layer", None])
+def test_invnet_generator_normalization(normalization):
+    from involution.networks import involution_net
+
+    model = involution_net(generator_normalization=normalization)
+    generators = [layer.kernel_generator for layer in model.layers if hasattr(layer, "kernel_generator")]
+    assert len(generators) == 5
+    assert {generator.normalization for generator in generators} == {normalization}
+    # The trunk keeps its batch normalizations: only the generators change.
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 6
+    assert model.count_params() < involution_net(generator_normalization="batch").count_params()
+
+
 def test_invnet_generators_start_static():
     from involution.networks import involution_net
 

@@ -37,6 +37,11 @@ def _check_input_shape(layer, input_shape):
     return channels
 
 
+# The kernel generator's normalization: the paper's batch normalization,
+# per-pixel layer normalization, or none.
+NORMALIZATIONS = ("batch", "layer", None)
+
+
 @keras.saving.register_keras_serializable(package="involution")
 class InvolutionKernelGenerator(keras.layers.Layer):
     """The paper's kernel generator: pool, reduce, normalise, expand.
@@ -44,7 +49,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
     It maps an input feature map to one `kernel_size x kernel_size` kernel per
     output pixel and channel group: average-pool by `stride` ("same"
     padding, so the output is `ceil(size / stride)`), a 1x1 convolution to
-    `channel // reduction_ratio` filters, batch normalization, ReLU, and a 1x1
+    `channel // reduction_ratio` filters, batch normalization (or, with
+    `normalization`, layer normalization or none), ReLU, and a 1x1
     convolution to `kernel_size**2 * group_number` filters, group-major.
 
     Args:
@@ -58,6 +64,11 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         batch_norm_momentum: float, the momentum of the batch
             normalization's moving statistics (Keras' default 0.99; a short
             schedule wants less, so that inference statistics keep up).
+        normalization: `"batch"` (the paper's), `"layer"` (over each
+            pixel's channels, no moving statistics) or None. The generated
+            kernels multiply the features, so they are sensitive to the
+            difference between batch statistics (training) and moving
+            statistics (inference); layer normalization has none.
         span_initializer: initializer of the last 1x1 convolution's kernel,
             the input-dependent part of the generated kernels.
         span_bias_initializer: initializer of its bias: one static
@@ -92,6 +103,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         channel=None,
         data_format=None,
         batch_norm_momentum=0.99,
+        normalization="batch",
         span_initializer="glorot_uniform",
         span_bias_initializer="zeros",
         span_regularizer=None,
@@ -107,6 +119,13 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 f"Received: batch_norm_momentum={batch_norm_momentum}"
             )
         self.batch_norm_momentum = batch_norm_momentum
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                "The `normalization` argument must be one of "
+                f"{', '.join(repr(n) for n in NORMALIZATIONS)}. "
+                f"Received: normalization={normalization!r}"
+            )
+        self.normalization = normalization
         self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
         self.stride = _positive_int(stride, "stride")
         self.group_number = _positive_int(group_number, "group_number")
@@ -129,12 +148,17 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         self.reduce = keras.layers.Conv2D(
             channel // self.reduction_ratio, 1, name="reduce", **common
         )
-        self.norm = keras.layers.BatchNormalization(
-            axis=-1 if self.data_format == "channels_last" else 1,
-            momentum=self.batch_norm_momentum,
-            name="norm",
-            dtype=self.dtype_policy,
-        )
+        axis = -1 if self.data_format == "channels_last" else 1
+        if self.normalization == "batch":
+            self.norm = keras.layers.BatchNormalization(
+                axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy
+            )
+        elif self.normalization == "layer":
+            self.norm = keras.layers.LayerNormalization(
+                axis=axis, epsilon=1e-3, name="norm", dtype=self.dtype_policy
+            )
+        else:
+            self.norm = None
         self.span = keras.layers.Conv2D(
             self.kernel_size * self.kernel_size * self.group_number,
             1,
@@ -147,7 +171,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         shape = tuple(input_shape)
         self.reduce.build(shape)
         shape = self.reduce.compute_output_shape(shape)
-        self.norm.build(shape)
+        if self.norm is not None:
+            self.norm.build(shape)
         self.span.build(shape)
 
     def call(self, inputs, training=None):
@@ -155,7 +180,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         if self.stride > 1:
             x = involution_ops.average_pool_same(x, self.stride, self.data_format)
         x = self.reduce(x)
-        x = self.norm(x, training=training)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
         x = ops.relu(x)
         return self.span(x)
 
@@ -174,6 +200,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "channel": self.channel,
                 "data_format": self.data_format,
                 "batch_norm_momentum": self.batch_norm_momentum,
+                "normalization": self.normalization,
                 "span_initializer": keras.initializers.serialize(self.span_initializer),
                 "span_bias_initializer": keras.initializers.serialize(self.span_bias_initializer),
                 "span_regularizer": keras.regularizers.serialize(self.span_regularizer),

@@ -35,7 +35,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
 
 
 def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dynamic_init_scale=None,
-             reduction_ratio=4, span_regularizer=None):
+             reduction_ratio=4, span_regularizer=None, normalization="batch"):
     channels = x.shape[-1]
     if key_dim:
         generator = LocalAttentionKernelGenerator(
@@ -54,7 +54,8 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
             )
         generator = InvolutionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, reduction_ratio=reduction_ratio,
-            batch_norm_momentum=momentum, span_regularizer=span_regularizer, name=f"{name}_generator",
+            batch_norm_momentum=momentum, normalization=normalization, span_regularizer=span_regularizer,
+            name=f"{name}_generator",
             **initializers,
         )
     return Involution(
@@ -66,7 +67,8 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
 def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2,
                    widths=(64, 128), blocks=(2, 2), kernel_size=(3, 7), group_channels=16, hidden_units=None,
                    batch_norm_momentum=0.97, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
-                   reduction_ratio=4, span_regularizer=None, pointwise_regularizer=None,
+                   generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
+                   pointwise_regularizer=None,
                    attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (92,557 parameters by default).
 
@@ -129,6 +131,9 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             (48.6% against 58.6% test accuracy after 4 epochs).
         block_dropout: dropout rate on each residual branch before the
             addition (0 for none).
+        generator_normalization: the paper's kernel generators'
+            normalization: `"batch"`, `"layer"` or None (see
+            `InvolutionKernelGenerator`).
         reduction_ratio: the kernel generators' bottleneck: input channels
             divided by this (the paper's 4).
         span_regularizer: regularizer of the generators' last 1x1
@@ -160,7 +165,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
     span_regularizer = keras.regularizers.get(span_regularizer)
     pointwise_regularizer = keras.regularizers.get(pointwise_regularizer)
     spatial_options = dict(momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale,
-                           reduction_ratio=reduction_ratio, span_regularizer=span_regularizer)
+                           reduction_ratio=reduction_ratio, span_regularizer=span_regularizer,
+                           normalization=generator_normalization)
     inputs = keras.Input(input_shape, name="image")
     x = _pointwise(inputs, stem_width, "stem", normalize=False)
     # The stem keeps the paper's generator even in the attention variant: its
