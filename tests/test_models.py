@@ -135,6 +135,23 @@ def test_invnet_generator_normalization(normalization):
     assert model.count_params() < involution_net(generator_normalization="batch").count_params()
 
 
+def test_invnet_layer_normalization_has_no_moving_statistics(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(normalization="layer", generator_normalization="layer")
+    assert not model.non_trainable_weights
+    assert not [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    x = rng.uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    inference = keras.ops.convert_to_numpy(model(x, training=False))
+    # Training and inference compute the same function, and an image's
+    # logits do not depend on the rest of its batch.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=True)), inference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:1], training=False)), inference[:1],
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"`normalization` must be 'batch' or 'layer'. Received: normalization='group'"):
+        involution_net(normalization="group")
+
+
 def test_invnet_generators_start_static():
     from involution.networks import involution_net
 

@@ -19,7 +19,8 @@ from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
 
 
-def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None):
+def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
+               normalization="batch"):
     # A 1x1 convolution written as a Dense layer on the channel axis: the
     # same weights and result, one matrix product in the channels-last
     # layout, where PyTorch's convolution would copy to channels-first and
@@ -27,8 +28,10 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
     x = keras.layers.Dense(
         filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
     )(x)
-    if normalize:
+    if normalize and normalization == "batch":
         x = keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    elif normalize:
+        x = keras.layers.LayerNormalization(epsilon=1e-3, name=f"{name}_ln")(x)
     if activate:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
@@ -67,7 +70,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
 def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_groups=3, stem_stride=2,
                    widths=(64, 128), blocks=(2, 2), kernel_size=(3, 7), group_channels=16, hidden_units=None,
                    batch_norm_momentum=0.97, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
-                   generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
+                   normalization="batch", generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
                    pointwise_regularizer=None,
                    attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (92,557 parameters by default).
@@ -131,6 +134,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             (48.6% against 58.6% test accuracy after 4 epochs).
         block_dropout: dropout rate on each residual branch before the
             addition (0 for none).
+        normalization: how the 1x1 convolutions are normalised:
+            `"batch"` or `"layer"` (over each pixel's channels).
         generator_normalization: the paper's kernel generators'
             normalization: `"batch"`, `"layer"` or None (see
             `InvolutionKernelGenerator`).
@@ -162,6 +167,11 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             f"kernel_size={kernel_size}, widths={widths}"
         )
     key_dim = key_dim if attention else None
+    if normalization not in ("batch", "layer"):
+        raise ValueError(
+            "`normalization` must be 'batch' or 'layer'. Received: "
+            f"normalization={normalization!r}"
+        )
     span_regularizer = keras.regularizers.get(span_regularizer)
     pointwise_regularizer = keras.regularizers.get(pointwise_regularizer)
     spatial_options = dict(momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale,
@@ -182,13 +192,13 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum,
-                       regularizer=pointwise_regularizer)
+                       regularizer=pointwise_regularizer, normalization=normalization)
         for block in range(1, count + 1):
             prefix = f"stage{stage}_block{block}"
             y = _spatial(x, size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
                          **spatial_options)
             y = _pointwise(y, width, f"{prefix}_mix", activate=False, momentum=batch_norm_momentum,
-                           regularizer=pointwise_regularizer)
+                           regularizer=pointwise_regularizer, normalization=normalization)
             if block_dropout:
                 y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
