@@ -175,8 +175,6 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             "`normalization` must be 'batch' or 'layer'. Received: "
             f"normalization={normalization!r}"
         )
-    span_regularizer = keras.regularizers.get(span_regularizer)
-    pointwise_regularizer = keras.regularizers.get(pointwise_regularizer)
     spatial_options = dict(momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale,
                            reduction_ratio=reduction_ratio, span_regularizer=span_regularizer,
                            normalization=generator_normalization)
