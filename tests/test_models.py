@@ -152,6 +152,26 @@ def test_invnet_layer_normalization_has_no_moving_statistics(rng):
         involution_net(normalization="group")
 
 
+def test_invnet_activation(rng):
+    from involution.networks import involution_net
+
+    model = involution_net(activation="silu")
+    activations = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)]
+    # After both stage expansions and each of the four residual additions.
+    assert len(activations) == 6
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.ReLU)] == ["stem_relu"]
+    assert model.count_params() == involution_net().count_params()
+    x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    outputs = keras.ops.convert_to_numpy(model(x))
+    assert outputs.shape == (2, 10) and np.isfinite(outputs).all()
+    # Negative pre-activations pass through SiLU, not ReLU: the block outputs
+    # have negative values.
+    probe = keras.Model(model.inputs, model.get_layer("stage1_block1_out_silu").output)
+    assert keras.ops.convert_to_numpy(probe(x)).min() < 0
+    with pytest.raises(ValueError, match=r"`activation` must be a Keras activation.*Received: activation='swishy'"):
+        involution_net(activation="swishy")
+
+
 def test_invnet_generators_start_static():
     from involution.networks import involution_net
 

@@ -179,11 +179,22 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         x = inputs
         if self.stride > 1:
             x = involution_ops.average_pool_same(x, self.stride, self.data_format)
-        x = self.reduce(x)
+        x = self._pointwise(self.reduce, x)
         if self.norm is not None:
             x = self.norm(x, training=training)
         x = ops.relu(x)
-        return self.span(x)
+        return self._pointwise(self.span, x)
+
+    def _pointwise(self, conv, x):
+        if self.data_format != "channels_last":
+            return conv(x)
+        # A 1x1 convolution in the channels-last layout is one matrix product
+        # over the channel axis. PyTorch's convolution would copy to
+        # channels-first and back around every call (a fifth of a small
+        # involution network's training step); the weights stay the
+        # Conv2D's, so saved models are unchanged.
+        kernel = ops.reshape(conv.kernel, conv.kernel.shape[2:])
+        return ops.add(ops.matmul(x, kernel), conv.bias)
 
     def compute_output_shape(self, input_shape):
         taps = self.kernel_size * self.kernel_size * self.group_number

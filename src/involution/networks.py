@@ -19,8 +19,15 @@ from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
 
 
+def _activation(activation, name):
+    if activation == "relu":
+        return keras.layers.ReLU(name=f"{name}_relu")
+    suffix = activation if isinstance(activation, str) else "activation"
+    return keras.layers.Activation(activation, name=f"{name}_{suffix}")
+
+
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
-               normalization="batch"):
+               normalization="batch", activation="relu"):
     # A 1x1 convolution written as a Dense layer on the channel axis: the
     # same weights and result, one matrix product in the channels-last
     # layout, where PyTorch's convolution would copy to channels-first and
@@ -33,7 +40,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
     elif normalize:
         x = keras.layers.LayerNormalization(epsilon=1e-3, name=f"{name}_ln")(x)
     if activate:
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        x = _activation(activation, name)(x)
     return x
 
 
@@ -71,7 +78,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
                    widths=(64, 128), blocks=(2, 2), kernel_size=(3, 7), group_channels=16, hidden_units=None,
                    batch_norm_momentum=0.5, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
                    normalization="batch", generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
-                   pointwise_regularizer=None,
+                   pointwise_regularizer=None, activation="relu",
                    attention=False, key_dim=4, name="invnet"):
     """A residual involution network for CIFAR (92,557 parameters by default).
 
@@ -149,6 +156,10 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             `InvolutionKernelGenerator`), None for none.
         pointwise_regularizer: regularizer of the normalised 1x1
             convolutions' kernels, None for none.
+        activation: the trunk's activation (after the stage expansions
+            and after each residual addition), a name or callable accepted
+            by `keras.activations.get`. The stem's 1x1 convolution and the
+            kernel generators keep ReLU.
         attention: use `LocalAttentionKernelGenerator` kernels (heads of
             `key_dim` query/key channels) instead of the paper's generator
             in the residual blocks (the stem keeps the paper's).
@@ -170,6 +181,13 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             f"kernel_size={kernel_size}, widths={widths}"
         )
     key_dim = key_dim if attention else None
+    try:
+        keras.activations.get(activation)
+    except ValueError:
+        raise ValueError(
+            "`activation` must be a Keras activation (a name such as 'relu' or a "
+            f"callable). Received: activation={activation!r}"
+        ) from None
     if normalization not in ("batch", "layer"):
         raise ValueError(
             "`normalization` must be 'batch' or 'layer'. Received: "
@@ -193,7 +211,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         if stage > 1:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum,
-                       regularizer=pointwise_regularizer, normalization=normalization)
+                       regularizer=pointwise_regularizer, normalization=normalization, activation=activation)
         for block in range(1, count + 1):
             prefix = f"stage{stage}_block{block}"
             y = _spatial(x, size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
@@ -203,7 +221,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
             if block_dropout:
                 y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
-            x = keras.layers.ReLU(name=f"{prefix}_out")(x)
+            x = _activation(activation, f"{prefix}_out")(x)
     x = keras.layers.MaxPooling2D(2, name="head_pool")(x)
     if hidden_units:
         x = keras.layers.Flatten(name="flatten")(x)
