@@ -72,6 +72,30 @@ def involution_apply_gradients(x, kernel, upstream, kernel_size, stride, dilatio
     return grad_x, grad_kernel.reshape(batch, out_h, out_w, -1)
 
 
+def pool_with_gradient(x, size, stride, mode, upstream):
+    """"valid" max or average pooling (NHWC) and the gradient of
+    `sum(pool(x) * upstream)`: a max window sends its upstream to its
+    largest pixel, an average window spreads it evenly."""
+    x, upstream = np.asarray(x, np.float64), np.asarray(upstream, np.float64)
+    batch, height, width, channels = x.shape
+    out_h, out_w = (height - size) // stride + 1, (width - size) // stride + 1
+    out = np.zeros((batch, out_h, out_w, channels))
+    grad = np.zeros_like(x)
+    for i in range(out_h):
+        for j in range(out_w):
+            rows, cols = slice(i * stride, i * stride + size), slice(j * stride, j * stride + size)
+            window = x[:, rows, cols, :].reshape(batch, size * size, channels)
+            if mode == "max":
+                out[:, i, j] = window.max(axis=1)
+                winner = np.eye(size * size)[window.argmax(axis=1)]  # (batch, channels, taps)
+                share = np.moveaxis(winner, -1, 1).reshape(batch, size, size, channels)
+            else:
+                out[:, i, j] = window.mean(axis=1)
+                share = np.full((batch, size, size, channels), 1.0 / (size * size))
+            grad[:, rows, cols, :] += share * upstream[:, i : i + 1, j : j + 1, :]
+    return out, grad
+
+
 def average_pool_same(x, size):
     """TensorFlow-style "same" average pooling, padding excluded (NHWC)."""
     batch, height, width, channels = x.shape

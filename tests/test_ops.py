@@ -125,3 +125,23 @@ def test_bad_data_format_is_rejected():
     kernel = np.zeros((1, 4, 4, 9), "float32")
     with pytest.raises(ValueError, match="data_format='NHWC'"):
         involution_ops.involution_apply(x, kernel, 3, data_format="NHWC")
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("size,stride,height", [(2, 2, 8), (2, 2, 7), (3, 2, 9), (3, 1, 5)])
+def test_pool_matches_numpy(rng, mode, data_format, size, stride, height):
+    x = rng.normal(size=(2, height, height + 1, 5))
+    upstream = rng.normal(size=(2, (height - size) // stride + 1, (height + 1 - size) // stride + 1, 5))
+    expected, expected_grad = ref.pool_with_gradient(x, size, stride, mode, upstream)
+    weights = ref.from_channels_last(upstream, data_format).astype("float32")
+
+    def weighted_sum(inputs):
+        pooled = involution_ops.pool(inputs, size, stride, mode, data_format)
+        return keras.ops.sum(pooled * keras.ops.convert_to_tensor(weights))
+
+    inputs = ref.from_channels_last(x, data_format).astype("float32")
+    pooled = keras.ops.convert_to_numpy(involution_ops.pool(inputs, size, stride, mode, data_format))
+    np.testing.assert_allclose(ref.to_channels_last(pooled, data_format), expected, rtol=1e-6, atol=1e-6)
+    _, (grad,) = gradients(weighted_sum, inputs)
+    np.testing.assert_allclose(ref.to_channels_last(grad, data_format), expected_grad, rtol=1e-5, atol=1e-6)

@@ -15,8 +15,26 @@ kernels throughout) with local self-attention kernels
 
 import keras
 
+from involution import ops as involution_ops
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class MaxPooling2D(keras.layers.MaxPooling2D):
+    """`keras.layers.MaxPooling2D` without PyTorch's layout copies.
+
+    Same arguments, weights (none) and results; with "valid" padding it
+    pools through `involution.ops.pool`, which on the PyTorch backend pools
+    a permuted view instead of a channels-first copy (about half the time
+    of Keras' 2x2 pooling of these networks' feature maps, forward and
+    backward).
+    """
+
+    def call(self, inputs):
+        if self.padding != "valid":
+            return super().call(inputs)
+        return involution_ops.pool(inputs, self.pool_size, self.strides, "max", self.data_format)
 
 
 def _activation(activation, name):
@@ -206,10 +224,10 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
         raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride}")
     x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=stem_stride, **spatial_options)
     if stem_stride == 1:
-        x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
+        x = MaxPooling2D(2, name="stem_pool")(x)
     for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
         if stage > 1:
-            x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+            x = MaxPooling2D(2, name=f"stage{stage}_pool")(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum,
                        regularizer=pointwise_regularizer, normalization=normalization, activation=activation)
         for block in range(1, count + 1):
@@ -222,7 +240,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=24, stem_
                 y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
             x = _activation(activation, f"{prefix}_out")(x)
-    x = keras.layers.MaxPooling2D(2, name="head_pool")(x)
+    x = MaxPooling2D(2, name="head_pool")(x)
     if hidden_units:
         x = keras.layers.Flatten(name="flatten")(x)
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)

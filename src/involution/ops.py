@@ -193,6 +193,22 @@ def involution_apply_reference(
     return output
 
 
+def pool(inputs, size, strides, mode, data_format):
+    """`keras.ops.max_pool` / `average_pool` ("valid"), without PyTorch's layout copies.
+
+    Keras' PyTorch backend copies channels_last inputs to a contiguous
+    channels_first tensor and pools that; PyTorch pools a permuted view
+    (its channels_last memory format) directly, in about half the time
+    (forward and backward, 2x2 pooling of a CIFAR network's feature maps).
+    The other backends pool channels_last natively.
+    """
+    pooling = ops.max_pool if mode == "max" else ops.average_pool
+    if data_format == "channels_last" and keras.backend.backend() == "torch":
+        pooled = pooling(ops.transpose(inputs, (0, 3, 1, 2)), size, strides, "valid", "channels_first")
+        return ops.transpose(pooled, (0, 2, 3, 1))
+    return pooling(inputs, size, strides, "valid", data_format)
+
+
 def average_pool_same(inputs, size, data_format):
     """Average pooling by `size` with TensorFlow's "same" rule, on every backend.
 
@@ -207,9 +223,11 @@ def average_pool_same(inputs, size, data_format):
     for axis in axes:
         total = (-ops.shape(inputs)[axis]) % size
         paddings[axis] = [total // 2, total - total // 2]
+    if all(isinstance(pad, int) and pad == 0 for axis in axes for pad in paddings[axis]):
+        return pool(inputs, size, size, "average", data_format)
     ones = ops.ones_like(inputs[..., :1] if data_format == "channels_last" else inputs[:, :1])
-    summed = ops.average_pool(ops.pad(inputs, paddings), size, size, "valid", data_format)
-    counts = ops.average_pool(ops.pad(ones, paddings), size, size, "valid", data_format)
+    summed = pool(ops.pad(inputs, paddings), size, size, "average", data_format)
+    counts = pool(ops.pad(ones, paddings), size, size, "average", data_format)
     return summed / counts
 
 
