@@ -7,6 +7,7 @@ saved model (an attention network, a RedNet) loads after `import involution`.
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
+from involution import networks  # noqa: F401  (registers its MaxPooling2D)
 from involution.ops import involution_apply
 from involution.rednet import RedNet
 
