@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from involution import ops as involution_ops
+from involution.normalization import BatchNormalization
 
 
 def _positive_int(value, name, odd=False):
@@ -150,7 +151,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         )
         axis = -1 if self.data_format == "channels_last" else 1
         if self.normalization == "batch":
-            self.norm = keras.layers.BatchNormalization(
+            self.norm = BatchNormalization(
                 axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy
             )
         elif self.normalization == "layer":

@@ -16,6 +16,7 @@ kernels throughout) with local self-attention kernels
 import keras
 
 from involution import ops as involution_ops
+from involution.normalization import BatchNormalization
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
 
@@ -54,7 +55,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
         filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
     )(x)
     if normalize and normalization == "batch":
-        x = keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+        x = BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     elif normalize:
         x = keras.layers.LayerNormalization(epsilon=1e-3, name=f"{name}_ln")(x)
     if activate:

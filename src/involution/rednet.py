@@ -10,6 +10,7 @@ for one that keeps 32x32 inputs at full resolution.
 import keras
 
 from involution.layer import Involution
+from involution.normalization import BatchNormalization
 
 # The stride of each stem: the paper's (a stride-2 convolution, then max
 # pooling), one that keeps 32x32 inputs at full size, and one that halves
@@ -29,7 +30,7 @@ GROUP_CHANNELS = 16
 def _conv_bn(x, filters, kernel_size, strides, name, activation=True, zero_gamma=False):
     x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                             use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn",
+    x = BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn",
                                         gamma_initializer="zeros" if zero_gamma else "ones")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
@@ -52,7 +53,7 @@ def _bottleneck(x, mid_channels, stride, name):
         shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", activation=False)
     y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1")
     y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution")
-    y = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_2_bn")(y)
+    y = BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_2_bn")(y)
     y = keras.layers.ReLU(name=f"{name}_2_relu")(y)
     # Each residual branch starts as zero (its last batch norm's scale is 0),
     # so the untrained network is its shortcuts: the official code's default
@@ -110,7 +111,7 @@ class RedNet(keras.Model):
         stem_stride = 1 if stem == "cifar" else 2
         x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1")
         x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution")
-        x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_2_bn")(x)
+        x = BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_2_bn")(x)
         x = keras.layers.ReLU(name="stem_2_relu")(x)
         x = _conv_bn(x, stem_channels, 3, 1, "stem_3")
         if stem == "imagenet":
