@@ -2,14 +2,15 @@
 
 Times `train_on_batch` on a random CIFAR-sized batch (median over repeats,
 after warm-up) for each model, in one process on the current backend, and
-prints each model's time as a ratio to the first one. With `--keras-pooling`
-the project's pooling (`involution.ops.pool`) is replaced by Keras' own, and
-with `--keras-pointwise` the kernel generators' 1x1 convolutions run as
-Keras' Conv2D again, to measure what each of those costs.
+prints each model's time as a ratio to the first one. To measure what the
+project's PyTorch speed-ups save, `--keras-pooling` replaces its pooling
+(`involution.ops.pool`) by Keras' own, `--keras-pointwise` runs the kernel
+generators' 1x1 convolutions as Keras' Conv2D again, and
+`--keras-batch-norm` turns off `involution.normalization`'s fused step.
 
 Usage:
     KERAS_BACKEND=torch python benchmarks/train_step.py --models conv,invnet
-    KERAS_BACKEND=torch python benchmarks/train_step.py --models conv,invnet --keras-pooling --keras-pointwise
+    KERAS_BACKEND=torch python benchmarks/train_step.py --models conv,invnet --keras-pooling --keras-pointwise --keras-batch-norm
 """
 
 import argparse
@@ -37,11 +38,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--keras-pooling", action="store_true")
     parser.add_argument("--keras-pointwise", action="store_true")
+    parser.add_argument("--keras-batch-norm", action="store_true")
     args = parser.parse_args()
 
     import keras
 
-    from involution import layer, ops
+    from involution import layer, normalization, ops
     from involution.models import create_model
 
     if args.keras_pooling:
@@ -52,6 +54,8 @@ def main():
         ops.pool = keras_pool
     if args.keras_pointwise:
         layer.InvolutionKernelGenerator._pointwise = lambda self, conv, x: conv(x)
+    if args.keras_batch_norm:
+        normalization.BatchNormalization._fused_training_applies = lambda self, inputs, mask: False
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (args.batch_size, 32, 32, 3)).astype("float32")

@@ -105,7 +105,7 @@ def test_invnet_full_resolution_stem(rng):
 def test_invnet_generator_width_and_regularizers(rng):
     from involution.networks import involution_net
 
-    model = involution_net(reduction_ratio=8, span_regularizer=keras.regularizers.L2(1e-3),
+    model = involution_net(blocks=(2, 2), reduction_ratio=8, span_regularizer=keras.regularizers.L2(1e-3),
                            pointwise_regularizer="l2")
     generator = model.get_layer("stage2_block1_involution").kernel_generator
     assert generator.reduce.filters == 128 // 8
@@ -125,14 +125,14 @@ def test_invnet_generator_width_and_regularizers(rng):
 def test_invnet_generator_normalization(normalization):
     from involution.networks import involution_net
 
-    model = involution_net(generator_normalization=normalization)
+    model = involution_net(blocks=(2, 2), generator_normalization=normalization)
     generators = [layer.kernel_generator for layer in model.layers if hasattr(layer, "kernel_generator")]
     assert len(generators) == 5
     assert {generator.normalization for generator in generators} == {normalization}
     # The trunk keeps its batch normalizations: only the generators change.
     batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(batch_norms) == 6
-    assert model.count_params() < involution_net(generator_normalization="batch").count_params()
+    assert model.count_params() < involution_net(blocks=(2, 2), generator_normalization="batch").count_params()
 
 
 def test_invnet_layer_normalization_has_no_moving_statistics(rng):
@@ -167,12 +167,12 @@ def test_max_pooling_matches_keras(rng, padding):
 def test_invnet_activation(rng):
     from involution.networks import involution_net
 
-    model = involution_net(activation="silu")
+    model = involution_net(blocks=(2, 2), activation="silu")
     activations = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)]
     # After both stage expansions and each of the four residual additions.
     assert len(activations) == 6
     assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.ReLU)] == ["stem_relu"]
-    assert model.count_params() == involution_net().count_params()
+    assert model.count_params() == involution_net(blocks=(2, 2)).count_params()
     x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
     outputs = keras.ops.convert_to_numpy(model(x))
     assert outputs.shape == (2, 10) and np.isfinite(outputs).all()
