@@ -16,9 +16,9 @@ kernels throughout) with local self-attention kernels
 import keras
 
 from involution import ops as involution_ops
-from involution.normalization import BatchNormalization
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
+from involution.normalization import BatchNormalization
 
 
 @keras.saving.register_keras_serializable(package="involution")
