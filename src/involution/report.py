@@ -93,12 +93,20 @@ def involution_layers(model):
 
 
 def kernel_maps(model, images):
-    """Per involution layer: the generated kernel summed over K*K and groups.
+    """Per involution layer: a heat map of its generated kernels.
 
-    Returns a list of `(layer name, array (N, H_out, W_out))`, computed in
+    For the paper's generators, the Keras example's map: the kernel summed
+    over its K*K window and its groups. Local self-attention kernels sum to
+    one over every window, so that sum is the same at every pixel; for them
+    the map is the weight of the window's centre tap (each pixel's attention
+    to itself), summed over the groups.
+
+    Returns a list of `(label, array (N, H_out, W_out))`, computed in
     inference mode for `images` (uint8 or float in [0, 1]).
     """
     import keras
+
+    from involution.attention import LocalAttentionKernelGenerator
 
     layers = involution_layers(model)
     if not layers:
@@ -112,9 +120,16 @@ def kernel_maps(model, images):
         features = [features]
     maps = []
     for layer, feature in zip(layers, features):
-        kernel = layer.kernel_generator(feature, training=False)
-        axis = -1 if layer.data_format == "channels_last" else 1
-        maps.append((layer.name, keras.ops.convert_to_numpy(keras.ops.sum(kernel, axis=axis))))
+        kernel = keras.ops.convert_to_numpy(layer.kernel_generator(feature, training=False))
+        if layer.data_format == "channels_first":
+            kernel = np.moveaxis(kernel, 1, -1)
+        if isinstance(layer.kernel_generator, LocalAttentionKernelGenerator):
+            taps = layer.kernel_size * layer.kernel_size
+            # Group-major layout: (groups, K*K) on the last axis.
+            windows = kernel.reshape(kernel.shape[:-1] + (layer.group_number, taps))
+            maps.append((f"{layer.name}\n(centre tap)", windows[..., taps // 2].sum(axis=-1)))
+        else:
+            maps.append((layer.name, kernel.sum(axis=-1)))
     return maps
 
 
@@ -137,7 +152,8 @@ def plot_kernels(models, images, path):
                 ax.imshow(maps[row], cmap="magma")
             if row == 0:
                 ax.set_title(title, fontsize=8)
-    fig.suptitle("Generated kernels, summed over the K×K window and groups")
+    fig.suptitle("Generated kernels, summed over the K×K window and groups "
+                 "(attention kernels: the centre tap's weight, summed over groups)")
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     _save_figure(fig, path)
     plt.close(fig)
@@ -267,7 +283,10 @@ def build_blocks(run, histories, summaries_text, figures):
         blocks.append(("h2", "Generated kernels"))
         blocks.append(("p", (
             "For 10 test images: the input and, for each involution layer, the kernel it "
-            "generates at every pixel, summed over its K×K window and its groups.")))
+            "generates at every pixel, summed over its K×K window and its groups. Local "
+            "self-attention kernels sum to one over every window, so for them the map is the "
+            "weight of the window's centre tap (each pixel's attention to itself), summed over "
+            "the groups.")))
         blocks.append(("img", (figures["kernels"], "Kernel heat maps")))
     blocks.append(("h2", "Parameters"))
     for history in histories:

@@ -1,0 +1,64 @@
+"""Tests of the report's kernel maps (`involution.report.kernel_maps`)."""
+
+import keras
+import numpy as np
+import pytest
+
+from involution.attention import LocalAttentionKernelGenerator
+from involution.layer import Involution, InvolutionKernelGenerator
+from involution.report import kernel_maps
+
+
+def _model(involution, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, involution(inputs))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_kernel_maps_sum_the_papers_kernels(rng, data_format):
+    # A generator whose kernels do not depend on the input: each pixel's
+    # kernel is the span convolution's bias, so the map is its sum.
+    bias = rng.normal(size=2 * 9).astype("float32")
+    generator = InvolutionKernelGenerator(
+        3, group_number=2, reduction_ratio=2, data_format=data_format, span_initializer="zeros",
+        span_bias_initializer=keras.initializers.Constant(bias),
+    )
+    layer = Involution(channel=4, group_number=2, kernel_size=3, reduction_ratio=2, kernel_generator=generator,
+                       data_format=data_format, name="involve")
+    shape = (6, 6, 4) if data_format == "channels_last" else (4, 6, 6)
+    model = _model(layer, shape)
+    images = rng.uniform(0, 1, (3,) + shape).astype("float32")
+    [(label, maps)] = kernel_maps(model, images)
+    assert label == "involve"
+    assert maps.shape == (3, 6, 6)
+    np.testing.assert_allclose(maps, np.full((3, 6, 6), bias.astype("float64").sum()), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_maps_show_attention_kernels_centre_tap(rng):
+    # Queries and keys at zero: the logits are the relative position terms.
+    # Head 0 strongly prefers the centre tap, head 1 the top-left one; taps
+    # outside the image are masked, where the top-left tap is, head 1's
+    # weights are uniform over the valid taps.
+    generator = LocalAttentionKernelGenerator(3, group_number=2, key_dim=2)
+    layer = Involution(channel=4, group_number=2, kernel_size=3, kernel_generator=generator, name="attend")
+    model = _model(layer, (5, 6, 4))
+    generator.query.kernel.assign(np.zeros(generator.query.kernel.shape, "float32"))
+    generator.key.kernel.assign(np.zeros(generator.key.kernel.shape, "float32"))
+    relative = np.zeros((2, 9), "float32")
+    relative[0, 4] = 30.0
+    relative[1, 0] = 30.0
+    generator.relative_position.assign(relative)
+    [(label, maps)] = kernel_maps(model, rng.uniform(0, 1, (2, 5, 6, 4)).astype("float32"))
+    assert label == "attend\n(centre tap)"
+
+    expected = np.ones((5, 6))
+    for i in range(5):
+        for j in range(6):
+            if i == 0 or j == 0:  # the top-left tap is outside the image
+                rows = 2 if i in (0, 4) else 3
+                cols = 2 if j in (0, 5) else 3
+                expected[i, j] += 1.0 / (rows * cols)
+    np.testing.assert_allclose(maps, np.broadcast_to(expected, (2, 5, 6)), atol=1e-5)
+    # What the example's sum would show: the same value at every pixel.
+    kernel = keras.ops.convert_to_numpy(generator(np.ones((1, 5, 6, 4), "float32")))
+    np.testing.assert_allclose(kernel.sum(axis=-1), 2.0, rtol=1e-5)
