@@ -28,15 +28,16 @@ import time
 import numpy as np
 
 
+def timed_step(model, x, y):
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    return time.perf_counter() - start
+
+
 def step_time(model, x, y, warmup, repeats):
     for _ in range(warmup):
         model.train_on_batch(x, y)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return _summary(times)
+    return _summary([timed_step(model, x, y) for _ in range(repeats)])
 
 
 def _summary(times):
@@ -110,9 +111,7 @@ def main():
         times = {label: [] for label, _ in models}
         for _ in range(args.repeats):
             for label, model in models:
-                start = time.perf_counter()
-                model.train_on_batch(x, y)
-                times[label].append(time.perf_counter() - start)
+                times[label].append(timed_step(model, x, y))
         results = [(label, model, _summary(times[label])) for label, model in models]
     else:
         results = [(label, model, step_time(model, x, y, args.warmup, args.repeats)) for label, model in models]
@@ -120,6 +119,7 @@ def main():
     for label, model, (median, low, high) in results:
         print(f"{label:22s} {model.count_params():>10,d} params  {1000 * median:7.1f} ms/step "
               f"(min {1000 * low:.1f}, max {1000 * high:.1f})  {median / first:.2f}x", flush=True)
+
 
 if __name__ == "__main__":
     main()
