@@ -93,6 +93,32 @@ def test_invnet_kernel_size_per_stage():
     assert sizes["stage2_block1_involution"] == 5 and sizes["stage2_block2_involution"] == 5
 
 
+def _kernels_per_pixel(model):
+    return {layer.name: layer.group_number for layer in model.layers if hasattr(layer, "group_number")}
+
+
+def test_invnet_kernels_per_pixel_follow_group_channels():
+    from involution.networks import involution_net
+
+    assert _kernels_per_pixel(involution_net()) == {
+        "stem_involution": 6,
+        "stage1_block1_involution": 2, "stage1_block2_involution": 2,
+        "stage2_block1_involution": 4, "stage2_block2_involution": 4,
+    }
+    finer = _kernels_per_pixel(involution_net(group_channels=16, stem_width=24, stem_groups=3))
+    assert finer["stem_involution"] == 3
+    assert finer["stage1_block1_involution"] == 4 and finer["stage2_block2_involution"] == 8
+
+
+def test_attention_net_keeps_its_layout_when_invnet_defaults_change():
+    model = models.create_model("attention_net")
+    kernels = _kernels_per_pixel(model)
+    assert kernels["stem_involution"] == 3
+    assert kernels["stage1_block1_involution"] == 8 and kernels["stage2_block1_involution"] == 16
+    assert model.get_layer("stem_pointwise").kernel.shape == (3, 24)
+    assert model.count_params() == 96_133
+
+
 def test_invnet_full_resolution_stem(rng):
     from involution.networks import involution_net
 

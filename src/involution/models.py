@@ -152,8 +152,8 @@ def attention_net_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
     # Pinned so that later changes to invnet's defaults leave this network
     # as it is; the batch-norm momentum is invnet's (its moving statistics'
     # lag at 0.97 cost about two points there, and nothing here differs).
-    for key, value in dict(blocks=(2, 2), kernel_size=3, stem_stride=2, group_channels=8, batch_norm_momentum=0.5,
-                           dynamic_init_scale=0.1).items():
+    for key, value in dict(blocks=(2, 2), kernel_size=3, stem_width=24, stem_groups=3, stem_stride=2, group_channels=8,
+                           batch_norm_momentum=0.5, dynamic_init_scale=0.1).items():
         kwargs.setdefault(key, value)
     return involution_net(input_shape, num_classes, attention=True, **kwargs)
 
