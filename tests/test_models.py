@@ -220,9 +220,10 @@ def test_invnet_generators_start_static():
     kernel, bias = span(involution_net(), "stage2_block1_involution")
     paper_kernel, paper_bias = span(involution_net(dynamic_init_scale=None), "stage2_block1_involution")
     assert not paper_bias.any()
-    # 7x7 kernels: a static kernel of standard deviation 1/7 per tap, the
-    # input-dependent weights at a tenth of Glorot's amplitude.
-    assert bias.size == 49 * 8 and 0.1 < bias.std() < 0.19
+    # 7x7 kernels, 4 per pixel (128 channels, 32 per kernel): a static
+    # kernel of standard deviation 1/7 per tap, the input-dependent weights
+    # at a tenth of Glorot's amplitude.
+    assert bias.size == 49 * 4 and 0.1 < bias.std() < 0.19
     assert 0.07 < kernel.std() / paper_kernel.std() < 0.13
 
 
