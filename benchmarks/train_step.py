@@ -78,19 +78,17 @@ def main():
 
     import keras
 
-    from involution import layer, normalization, ops
+    from involution import config, layer
     from involution.models import create_model
 
     if args.keras_pooling:
-        def keras_pool(inputs, size, strides, mode, data_format):
-            pooling = keras.ops.max_pool if mode == "max" else keras.ops.average_pool
-            return pooling(inputs, size, strides, "valid", data_format)
-
-        ops.pool = keras_pool
+        config.set_fast_path("pool", False)
     if args.keras_pointwise:
+        # Not a fast path of its own: the generator's 1x1 convolutions as
+        # Keras' Conv2D calls, to measure what the matrix products save.
         layer.InvolutionKernelGenerator._pointwise = lambda self, conv, x: conv(x)
     if args.keras_batch_norm:
-        normalization.BatchNormalization._fused_training_applies = lambda self, inputs, mask: False
+        config.set_fast_path("batch_norm", False)
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (args.batch_size, 32, 32, 3)).astype("float32")

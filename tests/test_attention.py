@@ -121,7 +121,7 @@ def test_fused_logits_and_gradients_match_reference(rng, kernel_size, stride, he
     queries = torch.tensor(rng.standard_normal((2, out_h, out_w, heads, key_dim)), requires_grad=True)
     keys = torch.tensor(rng.standard_normal((2, 7, 8, heads, key_dim)), requires_grad=True)
     upstream = torch.tensor(rng.standard_normal((2, out_h, out_w, heads, kernel_size**2)))
-    fused = _fast_window_logits(queries, keys, kernel_size, stride, dilation)
+    fused = _fast_window_logits(torch_backend, queries, keys, kernel_size, stride, dilation)
     expected = window_logits_reference(queries, keys, kernel_size, stride, dilation)
     np.testing.assert_allclose(fused.detach().numpy(), expected.detach().numpy(), rtol=1e-12, atol=1e-12)
     grads = torch.autograd.grad((fused * upstream).sum(), [queries, keys])

@@ -42,7 +42,7 @@ def test_training_step_matches_numpy(rng, shape):
     layer = BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=dtype)
     layer.build(shape)
     # On PyTorch this is the fused path; elsewhere Keras' own code.
-    assert layer._fused_training_applies(x, None) == (keras.backend.backend() == "torch")
+    assert layer._use_fused_training(x, None) == (keras.backend.backend() == "torch")
     layer.set_weights([gamma, beta, moving_mean, moving_variance])
     tolerance = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x.astype(dtype), training=True)), outputs,

@@ -18,15 +18,19 @@ import numpy as np
 from keras import ops
 
 from involution import ops as involution_ops
+from involution.config import check_implementation
 from involution.layer import Involution, _check_input_shape, _positive_int
 
 
-def window_logits(queries, keys, kernel_size, stride, dilation):
+def window_logits(queries, keys, kernel_size, stride, dilation, implementation="auto"):
     """`q · k` over every pixel's window, channels_last, per group.
 
     Args:
         queries: `(B, Ho, Wo, G, d)`, one query per output pixel and group.
         keys: `(B, H, W, G, d)`.
+        implementation: `"auto"`, `"reference"` or `"fast"`: whether the
+            backend's fused window correlation computes the logits
+            (`involution.config`, fast path `"window_correlation"`).
 
     Returns:
         `(logits (B, Ho, Wo, G, K*K), valid (1, Ho, Wo, 1, K*K))`: `valid`
@@ -40,10 +44,21 @@ def window_logits(queries, keys, kernel_size, stride, dilation):
         )
     else:  # known sizes: a constant, no ops per call
         valid = _valid_taps(keys.shape[1:3], queries.shape[1:3], kernel_size, stride, dilation)
-    logits = _fast_window_logits(queries, keys, kernel_size, stride, dilation)
-    if logits is None:
+    backend = involution_ops.backend_module()
+    support = getattr(backend, "window_correlation_support", None)
+    if involution_ops.use_fast_path(
+        "window_correlation", implementation, support and (lambda: _window_support(support, queries, keys))
+    ):
+        logits = _fast_window_logits(backend, queries, keys, kernel_size, stride, dilation)
+    else:
         logits = window_logits_reference(queries, keys, kernel_size, stride, dilation)
     return logits, valid
+
+
+def _window_support(support, queries, keys):
+    if None in queries.shape[1:] or None in keys.shape[1:]:
+        return "it needs known feature-map sizes"
+    return support(keys, queries)
 
 
 def _valid_taps(size, out_size, kernel_size, stride, dilation):
@@ -80,22 +95,16 @@ def _windows(queries, kernel_size, stride, dilation):
         yield (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
 
 
-def _fast_window_logits(queries, keys, kernel_size, stride, dilation):
-    """The PyTorch backend's fused correlation (C++ on the CPU), or None."""
-    if keras.backend.backend() != "torch" or None in queries.shape[1:] or None in keys.shape[1:]:
-        return None
-    from involution.backends.torch_backend import window_correlation
-
+def _fast_window_logits(backend, queries, keys, kernel_size, stride, dilation):
+    """The backend's fused window correlation, in the heads layout."""
     _, out_h, out_w, groups, key_dim = queries.shape
     height, width = keys.shape[1:3]
-    logits = window_correlation(
-        keys.reshape(-1, height, width, groups * key_dim),
-        queries.reshape(-1, out_h, out_w, groups * key_dim),
+    logits = backend.window_correlation(
+        ops.reshape(keys, (-1, height, width, groups * key_dim)),
+        ops.reshape(queries, (-1, out_h, out_w, groups * key_dim)),
         kernel_size, stride, dilation, groups,
     )
-    if logits is None:
-        return None
-    return logits.reshape(-1, out_h, out_w, groups, kernel_size * kernel_size)
+    return ops.reshape(logits, (-1, out_h, out_w, groups, kernel_size * kernel_size))
 
 
 @keras.saving.register_keras_serializable(package="involution")
@@ -117,6 +126,9 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
         key_dim: int, the query/key size per head.
         dilation: int, the window's dilation (must match the involution's).
         data_format: `"channels_last"`, `"channels_first"` or None.
+        implementation: `"auto"`, `"reference"` or `"fast"`: whether the
+            query-key logits come from the backend's fused window
+            correlation (see `involution.config`).
         **kwargs: base layer arguments.
 
     Input shape:
@@ -136,8 +148,9 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
     """
 
     def __init__(self, kernel_size, stride=1, group_number=1, key_dim=8, dilation=1,
-                 data_format=None, **kwargs):
+                 data_format=None, implementation="auto", **kwargs):
         super().__init__(**kwargs)
+        self.implementation = check_implementation(implementation)
         self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
         self.stride = _positive_int(stride, "stride")
         self.group_number = _positive_int(group_number, "group_number")
@@ -170,7 +183,9 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
             pooled = involution_ops.average_pool_same(x, self.stride, "channels_last")
         queries = self._heads(self.query(pooled))
         keys = self._heads(self.key(x))
-        logits, valid = window_logits(queries, keys, self.kernel_size, self.stride, self.dilation)
+        logits, valid = window_logits(
+            queries, keys, self.kernel_size, self.stride, self.dilation, self.implementation
+        )
         logits = logits / math.sqrt(self.key_dim) + ops.cast(self.relative_position, logits.dtype)
         # Taps in the zero padding are not part of the image: mask them out.
         logits = ops.where(valid > 0, logits, ops.full_like(logits, -1e4))
@@ -212,6 +227,7 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
             "key_dim": self.key_dim,
             "dilation": self.dilation,
             "data_format": self.data_format,
+            "implementation": self.implementation,
         })
         return config
 

@@ -367,6 +367,7 @@ class Involution(keras.layers.Layer):
                 f"{tuple(input_shape)}). Received: "
                 f"group_number={self.group_number}"
             )
+        involution_ops.prepare_fast_paths()
         if not self.kernel_generator.built:
             self.kernel_generator.build(tuple(input_shape))
         if self._custom_generator:

@@ -6,23 +6,52 @@
 >>> model = models.create_model("involution", input_shape=(32, 32, 3), num_classes=10)
 """
 
+import functools
+
 import keras
 
+from involution.config import check_implementation
 from involution.layer import Involution
 
 _REGISTRY = {}
 
 
 def register_model(name):
-    """Decorator: adds a model builder `fn(**kwargs) -> keras.Model` by name."""
+    """Decorator: adds a model builder `fn(**kwargs) -> keras.Model` by name.
+
+    The registered builder also accepts `implementation=` (`"auto"`,
+    `"reference"` or `"fast"`), which it sets on every layer of the model
+    that has a fast path (see `involution.config`).
+    """
 
     def decorator(builder):
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = builder
-        return builder
+
+        @functools.wraps(builder)
+        def build(*args, implementation="auto", **kwargs):
+            check_implementation(implementation)
+            model = builder(*args, **kwargs)
+            if implementation != "auto":
+                set_implementation(model, implementation)
+            return model
+
+        _REGISTRY[name] = build
+        return build
 
     return decorator
+
+
+def set_implementation(model, implementation):
+    """Sets `implementation` on every layer of `model` that has a fast path.
+
+    Layers keep it in their configs, so a saved model reloads with it.
+    """
+    check_implementation(implementation)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(getattr(layer, "implementation", None), str):  # not e.g. an RNN's int
+            layer.implementation = implementation
+    return model
 
 
 def list_models():

@@ -12,13 +12,19 @@ own code, which is also the fast path's tested reference.
 import keras
 from keras import ops
 
+from involution import ops as involution_ops
+from involution.config import check_implementation
+
 
 @keras.saving.register_keras_serializable(package="involution")
 class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a fused PyTorch training step.
 
     Args:
-        Those of `keras.layers.BatchNormalization`.
+        implementation: `"auto"`, `"reference"` (Keras' own code) or
+            `"fast"` (the fused training step; an error where it cannot
+            run). See `involution.config`, fast path `"batch_norm"`.
+        **kwargs: those of `keras.layers.BatchNormalization`.
 
     Input shape:
         Arbitrary.
@@ -33,11 +39,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
     (8, 4, 4, 16)
     """
 
-    def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and self._fused_training_applies(inputs, mask)):
-            return super().call(inputs, training=training, mask=mask)
-        from involution.backends.torch_backend import batch_norm_training
+    def __init__(self, implementation="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.implementation = check_implementation(implementation)
 
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or not self._use_fused_training(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        batch_norm_training = involution_ops.backend_module().batch_norm_training
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         gamma = ops.cast(self.gamma, inputs.dtype) if self.scale else None
         beta = ops.cast(self.beta, inputs.dtype) if self.center else None
@@ -48,11 +57,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
-    def _fused_training_applies(self, inputs, mask):
-        return (
-            keras.backend.backend() == "torch"
-            and mask is None
-            and not self.renorm
-            and not self.synchronized
-            and self.axis in (-1, len(inputs.shape) - 1)
+    def _use_fused_training(self, inputs, mask):
+        backend_support = getattr(involution_ops.backend_module(), "batch_norm_support", None)
+
+        def support():
+            if mask is not None:
+                return "it takes no mask"
+            if self.renorm or self.synchronized:
+                return "it does no renormalization or synchronization"
+            if self.axis not in (-1, len(inputs.shape) - 1):
+                return f"it normalizes the last axis only (received axis={self.axis})"
+            return backend_support(inputs)
+
+        return involution_ops.use_fast_path(
+            "batch_norm", self.implementation, backend_support and support
         )
+
+    def get_config(self):
+        config = super().get_config()
+        config["implementation"] = self.implementation
+        return config

@@ -6,13 +6,15 @@ paths. Both take the kernel exactly as the kernel generator produces it, so
 the layer never needs to know which one ran.
 """
 
-import functools
+import importlib
 
 import keras
 from keras import ops
 
+from involution import config
+from involution.config import IMPLEMENTATIONS, check_implementation
+
 DATA_FORMATS = ("channels_last", "channels_first")
-IMPLEMENTATIONS = ("auto", "reference", "fast")
 
 
 def output_size(size, stride):
@@ -90,21 +92,20 @@ def involution_apply(
         `ceil(size / stride)`.
     """
     data_format = standardize_data_format(data_format)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"The `implementation` argument must be one of {IMPLEMENTATIONS}. "
-            f"Received: implementation={implementation!r}"
-        )
-    fast_path = _fast_path_for_backend()
-    if implementation == "fast" and fast_path is None:
-        raise ValueError(
-            "`implementation='fast'` is not available on the "
-            f"{keras.backend.backend()!r} backend. Use 'auto' or 'reference'."
-        )
-    if implementation != "reference" and fast_path is not None:
-        inputs = ops.convert_to_tensor(inputs)
-        kernel = ops.convert_to_tensor(kernel, dtype=inputs.dtype)
-        return fast_path(
+    check_implementation(implementation)
+    inputs = ops.convert_to_tensor(inputs)
+    kernel = ops.convert_to_tensor(kernel, dtype=inputs.dtype)
+    check_apply_arguments(
+        inputs.shape, kernel.shape, kernel_size, stride, dilation, groups, data_format
+    )
+    backend = backend_module()
+    if use_fast_path(
+        "apply",
+        implementation,
+        backend and (lambda: backend.apply_support(inputs, kernel, groups, data_format)),
+        backend and (lambda: backend.apply_preferred(inputs, groups, data_format)),
+    ):
+        return backend.involution_apply(
             inputs, kernel, kernel_size, stride, dilation, groups, data_format
         )
     return involution_apply_reference(
@@ -112,23 +113,134 @@ def involution_apply(
     )
 
 
-@functools.lru_cache(maxsize=None)
-def _fast_path_for_backend():
-    """The backend's fast apply function, or None where there is none.
+def _check_int(value, name, minimum=1, odd=False):
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not valid or (odd and value % 2 == 0):
+        expected = "a positive odd integer" if odd else "a positive integer"
+        raise ValueError(f"The `{name}` argument must be {expected}. Received: {name}={value!r}")
 
-    Cached: Keras' backend is fixed for the life of the process, and this
-    runs on every layer call.
+
+def check_apply_arguments(input_shape, kernel_shape, kernel_size, stride, dilation, groups, data_format):
+    """Raises a `ValueError` unless `kernel` fits `inputs` for these arguments.
+
+    Every apply path, the fused C++ loops included, relies on these shapes
+    to address memory, so they are checked before any of them runs.
+    Dimensions unknown while tracing (`None`) are checked where the
+    backend knows them (the C++ entry points check their buffers again).
+
+    Args:
+        input_shape: the input's shape, 4D.
+        kernel_shape: the kernel's shape, 4D.
+        kernel_size, stride, dilation, groups, data_format: as in
+            `involution_apply`.
+    """
+    _check_int(kernel_size, "kernel_size", odd=True)
+    _check_int(stride, "stride")
+    _check_int(dilation, "dilation")
+    _check_int(groups, "groups")
+    input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
+    layout = "(batch, height, width, channels)" if data_format == "channels_last" else (
+        "(batch, channels, height, width)")
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"The `inputs` argument must be a 4D tensor {layout} ({data_format}). "
+            f"Received: inputs.shape={input_shape}"
+        )
+    channel_axis = 3 if data_format == "channels_last" else 1
+    spatial_axes = (1, 2) if data_format == "channels_last" else (2, 3)
+    channels = input_shape[channel_axis]
+    if channels is not None and channels % groups:
+        raise ValueError(
+            f"The `groups` argument must divide the input's channels ({channels}). "
+            f"Received: groups={groups}"
+        )
+    taps = groups * kernel_size * kernel_size
+    expected = [None] * 4
+    expected[0] = input_shape[0]
+    expected[channel_axis] = taps
+    for axis in spatial_axes:
+        expected[axis] = output_size(input_shape[axis], stride)
+    if len(kernel_shape) != 4 or any(
+        want is not None and got is not None and want != got
+        for want, got in zip(expected, kernel_shape)
+    ):
+        shown = tuple("?" if dim is None else dim for dim in expected)
+        raise ValueError(
+            f"The `kernel` argument must have shape {shown}: the input's batch, "
+            f"ceil(size / stride) pixels (stride={stride}) and groups * kernel_size**2 "
+            f"= {groups} * {kernel_size}**2 = {taps} taps ({data_format}). "
+            f"Received: kernel.shape={kernel_shape} for inputs.shape={input_shape}"
+        )
+
+
+# === Dispatch ===
+# Every fast path is chosen here, from what the backend module says it can
+# run: `<name>_support(...)` returns None where its fast path runs those
+# arguments and otherwise why not; `<name>_preferred(...)`, where present,
+# whether `"auto"` should take it (it can be slower for some shapes).
+
+
+_BACKEND_MODULES = {}
+
+
+def backend_module():
+    """The fast paths of Keras' current backend (a module), or None.
+
+    Imported once per backend; later calls read a dict, which compilers
+    that trace Python (`torch.compile`) step through without a break.
     """
     backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from involution.backends.tensorflow_backend import involution_apply as fast
-    elif backend == "jax":
-        from involution.backends.jax_backend import involution_apply as fast
-    elif backend == "torch":
-        from involution.backends.torch_backend import involution_apply as fast
-    else:
-        return None
-    return fast
+    if backend not in _BACKEND_MODULES:
+        _BACKEND_MODULES[backend] = (
+            importlib.import_module(f"involution.backends.{backend}_backend")
+            if backend in ("tensorflow", "jax", "torch")
+            else None
+        )
+    return _BACKEND_MODULES[backend]
+
+
+def prepare_fast_paths():
+    """Builds (or loads from its cache) the current backend's compiled kernels.
+
+    Layers call this from `build`, so that the first call of a model, which
+    `torch.compile` or `jax.jit` may be tracing, finds them ready.
+    """
+    prepare = getattr(backend_module(), "prepare", None)
+    if prepare is not None and config.fast_path_enabled("apply"):
+        prepare()
+
+
+def use_fast_path(name, implementation, support, preferred=None):
+    """Whether to run fast path `name` (else its `keras.ops` reference).
+
+    Args:
+        name: one of `involution.config.FAST_PATHS`.
+        implementation: `"auto"`, `"reference"` or `"fast"`.
+        support: None where the backend has no such fast path, else a
+            callable returning None where it can run the arguments at hand,
+            or a string saying why it cannot.
+        preferred: optional callable: whether `"auto"` should take it.
+
+    Raises:
+        ValueError: `implementation="fast"` where the fast path cannot run.
+    """
+    if implementation == "reference":
+        return False
+    reason = support() if support is not None else (
+        f"the {keras.backend.backend()!r} backend has no fast {name} path"
+    )
+    if implementation == "fast":
+        if reason is not None:
+            raise ValueError(
+                f"`implementation='fast'` cannot run the fast {name} path here: {reason}. "
+                "Use 'auto' or 'reference'. Received: implementation='fast'"
+            )
+        return True
+    return (
+        reason is None
+        and config.fast_path_enabled(name)
+        and (preferred is None or bool(preferred()))
+    )
 
 
 def involution_apply_reference(
@@ -193,23 +305,21 @@ def involution_apply_reference(
     return output
 
 
-def pool(inputs, size, strides, mode, data_format):
-    """`keras.ops.max_pool` / `average_pool` ("valid"), without PyTorch's layout copies.
+def pool(inputs, size, strides, mode, data_format, implementation="auto"):
+    """`keras.ops.max_pool` / `average_pool` ("valid"), or the backend's fast pooling.
 
-    Keras' PyTorch backend copies channels_last inputs to a contiguous
-    channels_first tensor and pools that; PyTorch pools a permuted view
-    (its channels_last memory format) directly, in about half the time
-    (forward and backward, 2x2 pooling of a CIFAR network's feature maps).
-    The other backends pool channels_last natively.
+    The fast path (`involution.config`, `"pool"`) exists on PyTorch, whose
+    Keras pooling copies channels_last maps to channels_first and back.
     """
+    backend = backend_module()
+    support = getattr(backend, "pool_support", None)
+    if use_fast_path("pool", implementation, support and (lambda: support(inputs, data_format))):
+        return backend.pool(inputs, size, strides, mode)
     pooling = ops.max_pool if mode == "max" else ops.average_pool
-    if data_format == "channels_last" and keras.backend.backend() == "torch":
-        pooled = pooling(ops.transpose(inputs, (0, 3, 1, 2)), size, strides, "valid", "channels_first")
-        return ops.transpose(pooled, (0, 2, 3, 1))
     return pooling(inputs, size, strides, "valid", data_format)
 
 
-def average_pool_same(inputs, size, data_format):
+def average_pool_same(inputs, size, data_format, implementation="auto"):
     """Average pooling by `size` with TensorFlow's "same" rule, on every backend.
 
     The windows tile the input padded by `(-n) % size` (the smaller half
@@ -224,10 +334,10 @@ def average_pool_same(inputs, size, data_format):
         total = (-ops.shape(inputs)[axis]) % size
         paddings[axis] = [total // 2, total - total // 2]
     if all(isinstance(pad, int) and pad == 0 for axis in axes for pad in paddings[axis]):
-        return pool(inputs, size, size, "average", data_format)
+        return pool(inputs, size, size, "average", data_format, implementation)
     ones = ops.ones_like(inputs[..., :1] if data_format == "channels_last" else inputs[:, :1])
-    summed = pool(ops.pad(inputs, paddings), size, size, "average", data_format)
-    counts = pool(ops.pad(ones, paddings), size, size, "average", data_format)
+    summed = pool(ops.pad(inputs, paddings), size, size, "average", data_format, implementation)
+    counts = pool(ops.pad(ones, paddings), size, size, "average", data_format, implementation)
     return summed / counts
 
 

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace involution {
@@ -20,26 +21,47 @@ namespace {
 
 using involution::Geometry;
 
-Geometry geometry(const torch::Tensor& x, int64_t out_h, int64_t out_w, int64_t groups, int64_t kernel_size,
-                  int64_t stride, int64_t dilation) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "involution_cpu expects contiguous 4D channels-last tensors");
-  TORCH_CHECK(x.size(3) % groups == 0, "channels must be divisible by groups");
-  return Geometry{x.size(0), x.size(1), x.size(2), x.size(3), out_h, out_w,
-                  groups, kernel_size, stride, dilation, dilation * (kernel_size - 1) / 2};
+void check_tensor(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(t.dim() == 4, "involution_cpu: ", name, " must be 4D, got ", t.dim(), "D");
+  TORCH_CHECK(t.is_contiguous(), "involution_cpu: ", name, " must be contiguous");
+  TORCH_CHECK(t.device().is_cpu(), "involution_cpu: ", name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "involution_cpu: ", name, " has dtype ", t.scalar_type(),
+              ", the input ", x.scalar_type());
 }
 
-Geometry geometry(const torch::Tensor& x, const torch::Tensor& kernel, int64_t groups, int64_t kernel_size,
-                  int64_t stride, int64_t dilation) {
-  TORCH_CHECK(kernel.dim() == 4 && kernel.is_contiguous(), "involution_cpu expects a contiguous 4D kernel");
-  TORCH_CHECK(kernel.size(3) == groups * kernel_size * kernel_size, "kernel has the wrong number of taps");
-  return geometry(x, kernel.size(1), kernel.size(2), groups, kernel_size, stride, dilation);
+// An input of shape `x_sizes` (B, H, W, C) and a (B, Ho, Wo, depth) tensor
+// `grid` on the output grid (depth -1: C).
+Geometry geometry(at::IntArrayRef x_sizes, const torch::Tensor& grid, int64_t depth, const char* grid_name,
+                  int64_t groups, int64_t kernel_size, int64_t stride, int64_t dilation) {
+  TORCH_CHECK(grid.dim() == 4, "involution_cpu: ", grid_name, " must be 4D, got ", grid.dim(), "D");
+  const Geometry g{x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3], grid.size(1), grid.size(2),
+                   groups, kernel_size, stride, dilation, dilation * (std::max<int64_t>(kernel_size, 1) - 1) / 2};
+  const char* problem = involution::invalid_geometry(g);
+  TORCH_CHECK(problem == nullptr, "involution_cpu: ", problem ? problem : "");
+  if (depth < 0) depth = g.channels;
+  const int64_t dims[4] = {grid.size(0), grid.size(1), grid.size(2), grid.size(3)};
+  TORCH_CHECK(involution::on_output_grid(g, dims, depth), "involution_cpu: ", grid_name, " has shape ",
+              grid.sizes(), ", expected (", g.batch, ", ", g.out_h, ", ", g.out_w, ", ", depth, ")");
+  return g;
+}
+
+Geometry geometry(const torch::Tensor& x, const torch::Tensor& grid, int64_t depth, const char* grid_name,
+                  int64_t groups, int64_t kernel_size, int64_t stride, int64_t dilation) {
+  check_tensor(x, x, "x");
+  check_tensor(grid, x, grid_name);
+  return geometry(x.sizes(), grid, depth, grid_name, groups, kernel_size, stride, dilation);
+}
+
+Geometry kernel_geometry(const torch::Tensor& x, const torch::Tensor& kernel, int64_t groups, int64_t kernel_size,
+                         int64_t stride, int64_t dilation) {
+  return geometry(x, kernel, groups * kernel_size * kernel_size, "kernel", groups, kernel_size, stride, dilation);
 }
 
 }  // namespace
 
 torch::Tensor forward(torch::Tensor x, torch::Tensor kernel, int64_t groups, int64_t kernel_size, int64_t stride,
                       int64_t dilation) {
-  const Geometry g = geometry(x, kernel, groups, kernel_size, stride, dilation);
+  const Geometry g = kernel_geometry(x, kernel, groups, kernel_size, stride, dilation);
   auto out = torch::empty({g.batch, g.out_h, g.out_w, g.channels}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_forward", [&] {
     involution::forward<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
@@ -50,8 +72,8 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor kernel, int64_t groups, int
 std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor kernel, int64_t groups,
                                     int64_t kernel_size, int64_t stride, int64_t dilation, bool need_input,
                                     bool need_kernel) {
-  const Geometry g = geometry(x, kernel, groups, kernel_size, stride, dilation);
-  TORCH_CHECK(grad.is_contiguous(), "involution_cpu expects a contiguous gradient");
+  const Geometry g = kernel_geometry(x, kernel, groups, kernel_size, stride, dilation);
+  geometry(x, grad, -1, "grad", groups, kernel_size, stride, dilation);
   torch::Tensor grad_x, grad_kernel;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_backward", [&] {
     if (need_input) {
@@ -69,15 +91,32 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   return {grad_x, grad_kernel};
 }
 
+// The input gradient alone: grad (B, Ho, Wo, C) and kernel (B, Ho, Wo,
+// G*K*K) give the gradient of an input of size height x width.
+torch::Tensor input_gradient(torch::Tensor grad, torch::Tensor kernel, int64_t height, int64_t width, int64_t groups,
+                             int64_t kernel_size, int64_t stride, int64_t dilation) {
+  check_tensor(grad, grad, "grad");
+  check_tensor(kernel, grad, "kernel");
+  const int64_t x_sizes[4] = {grad.size(0), height, width, grad.size(3)};
+  const Geometry g = geometry(x_sizes, kernel, groups * kernel_size * kernel_size, "kernel", groups, kernel_size,
+                              stride, dilation);
+  geometry(x_sizes, grad, -1, "grad", groups, kernel_size, stride, dilation);
+  auto grad_x = torch::empty({g.batch, g.height, g.width, g.channels}, grad.options());
+  auto regrouped = torch::empty_like(kernel);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "involution_input_gradient", [&] {
+    involution::input_gradient<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                         grad_x.data_ptr<scalar_t>(), regrouped.data_ptr<scalar_t>(), g);
+  });
+  return grad_x;
+}
+
 // Window correlation: out[p, g, t] = sum over group g's channels of
 // grad[p, c] * x[window tap t of p, c]. It is the apply step's kernel
 // gradient, and local attention's query-key logits (grad = queries,
 // x = keys). Output (B, Ho, Wo, G*K*K), group-major, zero at padding taps.
 torch::Tensor correlate(torch::Tensor x, torch::Tensor grad, int64_t groups, int64_t kernel_size, int64_t stride,
                         int64_t dilation) {
-  TORCH_CHECK(grad.dim() == 4 && grad.is_contiguous() && grad.size(3) == x.size(3),
-              "correlate expects a contiguous grad (B, Ho, Wo, C) with x's channels");
-  const Geometry g = geometry(x, grad.size(1), grad.size(2), groups, kernel_size, stride, dilation);
+  const Geometry g = geometry(x, grad, -1, "grad", groups, kernel_size, stride, dilation);
   auto out = torch::empty({g.batch, g.out_h, g.out_w, groups * g.taps()}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_correlate", [&] {
     involution::kernel_gradient<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
@@ -88,5 +127,6 @@ torch::Tensor correlate(torch::Tensor x, torch::Tensor grad, int64_t groups, int
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "Involution apply step, channels-last (CPU)");
   m.def("backward", &backward, "Gradients of the involution apply step (CPU)");
+  m.def("input_gradient", &input_gradient, "Input gradient of the involution apply step (CPU)");
   m.def("correlate", &correlate, "Window correlation: the kernel gradient's form (CPU)");
 }

@@ -36,6 +36,26 @@ struct Geometry {
   int64_t taps() const { return kernel_size * kernel_size; }
 };
 
+// Every loop below addresses memory through a Geometry, so each binding
+// checks it (and that its buffers have the shapes it implies) before any
+// loop runs. Returns nullptr when it is consistent, else what is wrong.
+inline const char* invalid_geometry(const Geometry& g) {
+  if (g.kernel_size < 1 || g.kernel_size % 2 == 0) return "kernel_size must be a positive odd integer";
+  if (g.stride < 1) return "stride must be a positive integer";
+  if (g.dilation < 1) return "dilation must be a positive integer";
+  if (g.groups < 1 || g.channels % g.groups != 0) return "groups must be positive and divide the channels";
+  if (g.batch < 0 || g.height < 0 || g.width < 0 || g.channels < 0) return "negative dimension";
+  if (g.out_h != (g.height + g.stride - 1) / g.stride || g.out_w != (g.width + g.stride - 1) / g.stride)
+    return "the kernel's spatial size must be ceil(input size / stride)";
+  if (g.pad != g.dilation * (g.kernel_size - 1) / 2) return "padding must be dilation * (kernel_size - 1) / 2";
+  return nullptr;
+}
+
+// The shape of a (B, Ho, Wo, depth) buffer on the output grid.
+inline bool on_output_grid(const Geometry& g, const int64_t* dims, int64_t depth) {
+  return dims[0] == g.batch && dims[1] == g.out_h && dims[2] == g.out_w && dims[3] == depth;
+}
+
 // Channels are processed in blocks of 16 or 8: a block's accumulators stay
 // in vector registers across all K*K taps, so each tap costs one load and one
 // multiply-add per block instead of a load-modify-store of the output.

@@ -24,14 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from involution.backends import native, tap_offsets
-from involution.ops import involution_apply_reference
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
 FFI_ENV = "INVOLUTION_JAX_FFI"
 _FFI_SOURCE = Path(__file__).with_name("involution_ffi.cpp")
-_FFI_TARGETS = {"forward": "InvolutionForward", "backward": "InvolutionBackward"}
+_FFI_TARGETS = {
+    "forward": "InvolutionForward",
+    "input_gradient": "InvolutionInputGradient",
+    "correlate": "InvolutionCorrelate",
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,26 +70,92 @@ def _ffi_call(target, result_shapes, *args, groups, kernel_size, stride, dilatio
                 dilation=np.int64(dilation))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+# === The C++ loops as JAX primitives ===
+# The apply step A(x, kernel) is bilinear, and so are its two gradients,
+# the input gradient Gx(grad, kernel) and the window correlation
+# Gk(x, grad). Each is a primitive with a bilinear JVP (which JAX derives)
+# and a transpose into the other two:
+#   A:  x <- Gx(ct, kernel)     kernel <- Gk(x, ct)
+#   Gx: grad <- A(ct, kernel)   kernel <- Gk(ct, grad)
+#   Gk: x <- Gx(grad, ct)       grad <- A(x, ct)
+# so forward mode, reverse mode and any mix of them (grad of grad,
+# Hessian-vector products) run the fused loops. Batching (vmap) folds the
+# mapped axis into the batch, which the loops treat image by image.
+
+GEOMETRY = ("groups", "kernel_size", "stride", "dilation")
+
+
+def _geometry(params):
+    return {name: params[name] for name in GEOMETRY}
+
+
+def _apply_shape(x_shape, kernel_shape, params):
+    return tuple(kernel_shape[:3]) + tuple(x_shape[3:])
+
+
+def _input_gradient_shape(grad_shape, kernel_shape, params):
+    return (grad_shape[0], params["height"], params["width"], grad_shape[3])
+
+
+def _correlate_shape(x_shape, grad_shape, params):
+    return tuple(grad_shape[:3]) + (params["groups"] * params["kernel_size"] ** 2,)
+
+
+def _primitive(name, target, shape_rule):
+    primitive = Primitive(f"involution_{name}")
+
+    def impl(a, b, **params):
+        shape = jax.ShapeDtypeStruct(shape_rule(a.shape, b.shape, params), a.dtype)
+        return _ffi_call(target, shape, a, b, **_geometry(params))
+
+    primitive.def_impl(impl)
+    primitive.def_abstract_eval(lambda a, b, **params: ShapedArray(shape_rule(a.shape, b.shape, params), a.dtype))
+    mlir.register_lowering(primitive, mlir.lower_fun(impl, multiple_results=False), platform="cpu")
+    batching.primitive_batchers[primitive] = functools.partial(_batch_rule, primitive)
+    return primitive
+
+
+def _batch_rule(primitive, args, dims, **params):
+    # A dimension of None: that operand is not mapped.
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    folded = []
+    for a, d in zip(args, dims):
+        a = jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+        folded.append(a.reshape((-1,) + a.shape[2:]))
+    out = primitive.bind(*folded, **params)
+    return out.reshape((size, -1) + out.shape[1:]), 0
+
+
+apply_p = _primitive("apply", "forward", _apply_shape)
+input_gradient_p = _primitive("input_gradient", "input_gradient", _input_gradient_shape)
+correlate_p = _primitive("correlate", "correlate", _correlate_shape)
+
+
+def _size(value):
+    """(H, W) of an operand being transposed (it has only an abstract value)."""
+    return dict(height=value.aval.shape[1], width=value.aval.shape[2])
+
+
+ad.defbilinear(
+    apply_p,
+    lambda ct, x, kernel, **p: input_gradient_p.bind(ct, kernel, **_size(x), **_geometry(p)),
+    lambda ct, x, kernel, **p: correlate_p.bind(x, ct, **_geometry(p)),
+)
+ad.defbilinear(
+    input_gradient_p,
+    lambda ct, grad, kernel, **p: apply_p.bind(ct, kernel, **_geometry(p)),
+    lambda ct, grad, kernel, **p: correlate_p.bind(ct, grad, **_geometry(p)),
+)
+ad.defbilinear(
+    correlate_p,
+    lambda ct, x, grad, **p: input_gradient_p.bind(grad, ct, **_size(x), **_geometry(p)),
+    lambda ct, x, grad, **p: apply_p.bind(x, ct, **_geometry(p)),
+)
+
+
 def fused_involution(x, kernel, groups, kernel_size, stride, dilation):
     """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)` by the C++ loops."""
-    out_shape = jax.ShapeDtypeStruct(kernel.shape[:3] + x.shape[3:], x.dtype)
-    return _ffi_call("forward", out_shape, x, kernel, groups=groups, kernel_size=kernel_size, stride=stride,
-                     dilation=dilation)
-
-
-def _fused_involution_fwd(x, kernel, groups, kernel_size, stride, dilation):
-    return fused_involution(x, kernel, groups, kernel_size, stride, dilation), (x, kernel)
-
-
-def _fused_involution_bwd(groups, kernel_size, stride, dilation, residuals, grad):
-    x, kernel = residuals
-    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-    return tuple(_ffi_call("backward", shapes, grad.astype(x.dtype), x, kernel, groups=groups,
-                           kernel_size=kernel_size, stride=stride, dilation=dilation))
-
-
-fused_involution.defvjp(_fused_involution_fwd, _fused_involution_bwd)
+    return apply_p.bind(x, kernel, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation)
 
 
 def _window(padded, row, col, stride, out_h, out_w):
@@ -183,14 +255,23 @@ grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)
 # With fewer channels per group than this (the Keras example's 3), XLA's own
 # autodiff of the reference is faster than either custom gradient (seed
 # shape, `bench_involution.py`: 41 ms, against 87 ms for the C++ loops, whose
-# vectors are 8 channels wide), so the reference runs.
+# vectors are 8 channels wide), so `"auto"` runs the reference there.
 MIN_GROUP_CHANNELS = 8
 
 
+def prepare():
+    _ffi_available()
+
+
+def apply_support(inputs, kernel, groups, data_format):
+    return None
+
+
+def apply_preferred(inputs, groups, data_format):
+    return inputs.shape[-1 if data_format == "channels_last" else 1] // groups >= MIN_GROUP_CHANNELS
+
+
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if channels // groups < MIN_GROUP_CHANNELS:
-        return involution_apply_reference(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
     use_ffi = inputs.dtype == kernel.dtype and _use_ffi(inputs.dtype)
     return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format,
                           "ffi" if use_ffi else "xla")

@@ -16,6 +16,11 @@ import functools
 
 import tensorflow as tf
 
+# Internal, but the only way to ask whether the current graph is compiled by
+# XLA or records gradients; `_own_cluster_pays` is their one user.
+from tensorflow.python.eager import record
+from tensorflow.python.ops import control_flow_util
+
 from involution.backends import tap_offsets
 
 # Spatial axes of the grouped channels-last layout (B, H, W, G, C/G).
@@ -114,29 +119,94 @@ def _grouped_involution(kernel_size, stride, dilation):
     return apply
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(kernel_size, stride, dilation, groups, data_format):
+def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     grouped = _grouped_involution(kernel_size, stride, dilation)
     taps = kernel_size * kernel_size
+    if data_format == "channels_first":
+        inputs = tf.transpose(inputs, (0, 2, 3, 1))
+        kernel = tf.transpose(kernel, (0, 2, 3, 1))
+    shape = tf.shape(inputs)
+    kernel_shape = tf.shape(kernel)
+    channels = inputs.shape[-1]
+    x = tf.reshape(inputs, [shape[0], shape[1], shape[2], groups, channels // groups])
+    w = tf.reshape(kernel, [shape[0], kernel_shape[1], kernel_shape[2], groups, taps])
+    output = grouped(x, w)
+    output = tf.reshape(output, [shape[0], kernel_shape[1], kernel_shape[2], channels])
+    if data_format == "channels_first":
+        output = tf.transpose(output, (0, 3, 1, 2))
+    return output
 
-    @tf.function(jit_compile=True)
-    def apply(inputs, kernel):
-        if data_format == "channels_first":
-            inputs = tf.transpose(inputs, (0, 2, 3, 1))
-            kernel = tf.transpose(kernel, (0, 2, 3, 1))
-        shape = tf.shape(inputs)
-        kernel_shape = tf.shape(kernel)
-        channels = inputs.shape[-1]
-        x = tf.reshape(inputs, [shape[0], shape[1], shape[2], groups, channels // groups])
-        w = tf.reshape(kernel, [shape[0], kernel_shape[1], kernel_shape[2], groups, taps])
-        output = grouped(x, w)
-        output = tf.reshape(output, [shape[0], kernel_shape[1], kernel_shape[2], channels])
-        if data_format == "channels_first":
-            output = tf.transpose(output, (0, 3, 1, 2))
-        return output
 
-    return apply
+@functools.lru_cache(maxsize=None)
+def _compiled(kernel_size, stride, dilation, groups, data_format):
+    """`_grouped_apply` as its own XLA cluster, for one geometry."""
+    return tf.function(
+        functools.partial(
+            _grouped_apply, kernel_size=kernel_size, stride=stride, dilation=dilation, groups=groups,
+            data_format=data_format,
+        ),
+        jit_compile=True,
+    )
+
+
+def _own_cluster_pays():
+    """Whether to compile the apply step as its own XLA cluster.
+
+    Eagerly, and in a graph that records gradients (Keras' training step,
+    which on CPU-only TensorFlow Keras does not compile), it does: XLA fuses
+    the taps into a few passes over memory. Inside an XLA-compiled function
+    (`jit_compile=True`) the step is compiled with its caller already, and
+    a nested cluster would only make the caller retrace. In any other graph
+    (inference, and the graphs `model.export` writes) the apply step stays
+    plain ops, so that exported graphs hold no XLA-only function call.
+    """
+    if tf.executing_eagerly():
+        return True
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return False
+    return record.could_possibly_record()
+
+
+def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format):
+    """Run-time checks of the kernel's dimensions that tracing left unknown.
+
+    `involution.ops.check_apply_arguments` checks the static ones; a graph
+    with `None` dimensions (a batch or image size known only when it runs)
+    gets assertions for those, outside the XLA cluster.
+    """
+    if inputs.shape.is_fully_defined() and kernel.shape.is_fully_defined():
+        return []
+    spatial = (1, 2) if data_format == "channels_last" else (2, 3)
+    taps_axis = 3 if data_format == "channels_last" else 1
+    input_shape, kernel_shape = tf.shape(inputs), tf.shape(kernel)
+    expected = [input_shape[0], None, None, None]
+    for axis in spatial:
+        expected[axis] = (input_shape[axis] + stride - 1) // stride
+    expected[taps_axis] = tf.constant(groups * kernel_size * kernel_size, tf.int32)
+    return [
+        tf.debugging.assert_equal(
+            kernel_shape,
+            tf.stack(expected),
+            message=(
+                "The `kernel` argument must have the input's batch, ceil(size / stride) pixels "
+                f"(stride={stride}) and groups * kernel_size**2 = {groups * kernel_size**2} taps "
+                f"({data_format}). Received: kernel.shape, then the expected shape:"
+            ),
+        )
+    ]
 
 
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    return _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel)
+    checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
+    with tf.control_dependencies(checks):
+        if _own_cluster_pays():
+            return _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel)
+        return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+
+
+def apply_support(inputs, kernel, groups, data_format):
+    return None
+
+
+def apply_preferred(inputs, groups, data_format):
+    return True

@@ -15,7 +15,6 @@ gradient buffer) so that no `K*K` temporaries are made or stored for the
 backward pass.
 """
 
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -35,9 +34,22 @@ FUSED_MIN_GROUP_CHANNELS = 8
 _SOURCE = Path(__file__).with_name("involution_cpu.cpp")
 
 
-@functools.lru_cache(maxsize=None)
+_EXTENSION = None  # the built module, or False where it cannot be built
+
+
 def _extension():
-    """The compiled CPU kernels, or None where they cannot be built."""
+    """The compiled CPU kernels, or None where they cannot be built.
+
+    Built (or loaded from PyTorch's cache) on the first call; later calls
+    read a module global, which `torch.compile` traces without a break.
+    """
+    global _EXTENSION
+    if _EXTENSION is None:
+        _EXTENSION = _build_extension() or False
+    return _EXTENSION or None
+
+
+def _build_extension():
     if os.environ.get(EXTENSION_ENV, "1") == "0":
         return None
     try:
@@ -55,59 +67,166 @@ def _extension():
             f"involution: the fused CPU kernels could not be built ({type(error).__name__}: {error}); "
             f"using the slower in-place PyTorch path. Set {EXTENSION_ENV}=0 to skip the attempt.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
 
 
-class FusedInvolution(torch.autograd.Function):
-    """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)`, contiguous, CPU."""
-
-    @staticmethod
-    def forward(ctx, x, kernel, groups, kernel_size, stride, dilation):
-        ctx.save_for_backward(x, kernel)
-        ctx.geometry = (groups, kernel_size, stride, dilation)
-        return _extension().forward(x, kernel, groups, kernel_size, stride, dilation)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, kernel = ctx.saved_tensors
-        grad_x, grad_kernel = _extension().backward(
-            grad.contiguous(), x, kernel, *ctx.geometry, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        )
-        return grad_x, grad_kernel, None, None, None, None
+# The fused loops as `torch.library` custom ops, so that `torch.compile`
+# and `torch.export` see one opaque op with known output shapes (the fake
+# implementations) instead of tracing into a C++ call, and autograd is the
+# ops' own. The apply step is bilinear in (x, kernel): its two gradients
+# are the input gradient (`input_gradient`) and the window correlation
+# (`correlate`), and the gradients of those are again these three ops, so
+# gradients of any order run the fused loops. Tensors are channels-last
+# and contiguous: x (B, H, W, C), kernel (B, Ho, Wo, G*K*K) group-major.
 
 
-class WindowCorrelation(torch.autograd.Function):
-    """keys `(B, H, W, C)`, queries `(B, Ho, Wo, C)` -> `(B, Ho, Wo, G*K*K)`:
-    per group, each query's dot products with its window of keys (local
-    attention's logits). The correlation is the apply step's kernel
-    gradient, so its own gradients are the apply step (for the queries) and
-    the apply step's input gradient (for the keys)."""
+@torch.library.custom_op("involution::apply", mutates_args=(), device_types="cpu")
+def _apply_op(x: torch.Tensor, kernel: torch.Tensor, groups: int, kernel_size: int, stride: int,
+              dilation: int) -> torch.Tensor:
+    return _extension().forward(x, kernel, groups, kernel_size, stride, dilation)
 
-    @staticmethod
-    def forward(ctx, keys, queries, groups, kernel_size, stride, dilation):
-        ctx.save_for_backward(keys, queries)
-        ctx.geometry = (groups, kernel_size, stride, dilation)
-        return _extension().correlate(keys, queries, groups, kernel_size, stride, dilation)
 
-    @staticmethod
-    def backward(ctx, grad):
-        keys, queries = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_keys = grad_queries = None
-        if ctx.needs_input_grad[0]:
-            grad_keys = _extension().backward(queries, keys, grad, *ctx.geometry, True, False)[0]
-        if ctx.needs_input_grad[1]:
-            grad_queries = _extension().forward(keys, grad, *ctx.geometry)
-        return grad_keys, grad_queries, None, None, None, None
+@torch.library.custom_op("involution::input_gradient", mutates_args=(), device_types="cpu")
+def _input_gradient_op(grad: torch.Tensor, kernel: torch.Tensor, height: int, width: int, groups: int,
+                       kernel_size: int, stride: int, dilation: int) -> torch.Tensor:
+    return _extension().input_gradient(grad, kernel, height, width, groups, kernel_size, stride, dilation)
+
+
+@torch.library.custom_op("involution::correlate", mutates_args=(), device_types="cpu")
+def _correlate_op(x: torch.Tensor, grad: torch.Tensor, groups: int, kernel_size: int, stride: int,
+                  dilation: int) -> torch.Tensor:
+    return _extension().correlate(x, grad, groups, kernel_size, stride, dilation)
+
+
+@_apply_op.register_fake
+def _(x, kernel, groups, kernel_size, stride, dilation):
+    return x.new_empty((x.shape[0], kernel.shape[1], kernel.shape[2], x.shape[3]))
+
+
+@_input_gradient_op.register_fake
+def _(grad, kernel, height, width, groups, kernel_size, stride, dilation):
+    return grad.new_empty((grad.shape[0], height, width, grad.shape[3]))
+
+
+@_correlate_op.register_fake
+def _(x, grad, groups, kernel_size, stride, dilation):
+    return x.new_empty((x.shape[0], grad.shape[1], grad.shape[2], groups * kernel_size * kernel_size))
+
+
+def _save_geometry(ctx, inputs, output):
+    *tensors, groups, kernel_size, stride, dilation = inputs[:2] + inputs[-4:]
+    ctx.save_for_backward(*tensors)
+    ctx.geometry = (groups, kernel_size, stride, dilation)
+
+
+def _apply_backward(ctx, grad):
+    x, kernel = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad_kernel = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _input_gradient_op(grad, kernel, x.shape[1], x.shape[2], *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        grad_kernel = _correlate_op(x, grad, *ctx.geometry)
+    return grad_x, grad_kernel, None, None, None, None
+
+
+def _input_gradient_backward(ctx, grad):
+    upstream, kernel = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_upstream = grad_kernel = None
+    if ctx.needs_input_grad[0]:
+        grad_upstream = _apply_op(grad, kernel, *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        grad_kernel = _correlate_op(grad, upstream, *ctx.geometry)
+    return grad_upstream, grad_kernel, None, None, None, None, None, None
+
+
+def _correlate_backward(ctx, grad):
+    x, upstream = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad_upstream = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _input_gradient_op(upstream, grad, x.shape[1], x.shape[2], *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        grad_upstream = _apply_op(x, grad, *ctx.geometry)
+    return grad_x, grad_upstream, None, None, None, None
+
+
+_apply_op.register_autograd(_apply_backward, setup_context=_save_geometry)
+_input_gradient_op.register_autograd(_input_gradient_backward, setup_context=_save_geometry)
+_correlate_op.register_autograd(_correlate_backward, setup_context=_save_geometry)
+
+
+def fused_runs(tensor):
+    """Whether the fused ops run on `tensor`: CPU, float32/64, built kernels."""
+    return tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and _extension() is not None
+
+
+def exporting():
+    """True while `torch.export`, `torch.onnx` or TorchScript traces a model.
+
+    Exported programs should run without this package, so they get the
+    portable `keras.ops` path, whose aten ops every exporter knows.
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+# === What this backend runs fast (see `involution.ops`, "Dispatch") ===
+
+
+def prepare():
+    _extension()
+
+
+def apply_support(inputs, kernel, groups, data_format):
+    if exporting():
+        return "an exported program gets the portable path"
+    return None
+
+
+def apply_preferred(inputs, groups, data_format):
+    return True
+
+
+def window_correlation_support(keys, queries):
+    if exporting():
+        return "an exported program gets the portable path"
+    if keys.device.type != "cpu" or keys.dtype not in (torch.float32, torch.float64):
+        return f"it runs float32/float64 CPU tensors only (received {keys.dtype} on {keys.device.type})"
+    if _extension() is None:
+        return "the fused CPU kernels could not be built (see the warning)"
+    return None
 
 
 def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
-    """`WindowCorrelation` where the C++ kernels apply (CPU, float32/64), else None."""
-    if keys.device.type != "cpu" or keys.dtype not in (torch.float32, torch.float64) or _extension() is None:
-        return None
-    return WindowCorrelation.apply(keys.contiguous(), queries.contiguous(), groups, kernel_size, stride, dilation)
+    """keys `(B, H, W, C)`, queries `(B, Ho, Wo, C)` -> `(B, Ho, Wo, G*K*K)`:
+    per group, each query's dot products with its window of keys (local
+    attention's logits), by the fused op."""
+    return _correlate_op(keys.contiguous(), queries.contiguous(), groups, kernel_size, stride, dilation)
+
+
+def batch_norm_support(inputs):
+    return None
+
+
+def pool_support(inputs, data_format):
+    if data_format != "channels_last":
+        return "channels_first maps are pooled by Keras' own op, which copies nothing"
+    return None
+
+
+def pool(inputs, size, strides, mode):
+    """Pools a channels-last map through its channels-first view.
+
+    Keras' PyTorch pooling copies a channels-last map to a contiguous
+    channels-first tensor and pools that; pooling the permuted view (PyTorch's
+    channels-last memory format) takes about half the time, forward and
+    backward.
+    """
+    pooling = F.max_pool2d if mode == "max" else F.avg_pool2d
+    return pooling(inputs.permute(0, 3, 1, 2), size, strides).permute(0, 2, 3, 1)
 
 
 # Each pass over the K*K taps works on a slice of the batch whose output fits
@@ -168,12 +287,7 @@ class GroupedInvolution(torch.autograd.Function):
 
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     channel_axis = -1 if data_format == "channels_last" else 1
-    if (
-        inputs.device.type == "cpu"
-        and inputs.dtype in (torch.float32, torch.float64)
-        and inputs.shape[channel_axis] // groups >= FUSED_MIN_GROUP_CHANNELS
-        and _extension() is not None
-    ):
+    if fused_runs(inputs) and inputs.shape[channel_axis] // groups >= FUSED_MIN_GROUP_CHANNELS:
         return fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
     return inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
 
@@ -183,9 +297,7 @@ def fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_form
     if channels_first:
         inputs = inputs.permute(0, 2, 3, 1)
         kernel = kernel.permute(0, 2, 3, 1)
-    output = FusedInvolution.apply(
-        inputs.contiguous(), kernel.contiguous(), groups, kernel_size, stride, dilation
-    )
+    output = _apply_op(inputs.contiguous(), kernel.contiguous(), groups, kernel_size, stride, dilation)
     return output.permute(0, 3, 1, 2) if channels_first else output
 
 
