@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.core import ShapedArray
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jax.sharding import NamedSharding, PartitionSpec
 
 from involution.backends import native, tap_offsets
 
@@ -101,18 +103,91 @@ def _correlate_shape(x_shape, grad_shape, params):
     return tuple(grad_shape[:3]) + (params["groups"] * params["kernel_size"] ** 2,)
 
 
-def _primitive(name, target, shape_rule):
+def _primitive(name, target, shape_rule, sharding_rule, portable):
+    """A primitive run by the C++ handler `target` or by `portable` (XLA).
+
+    Its `fused` parameter asks for the C++ loops; the lowering grants it on
+    the CPU, for float32/float64, where the handlers are built, and not for
+    `jax.export` (and what lowers through it: `model.export`, jax2tf), whose
+    artifacts must run without this package.
+    """
     primitive = Primitive(f"involution_{name}")
 
-    def impl(a, b, **params):
+    def fused_impl(a, b, **params):
         shape = jax.ShapeDtypeStruct(shape_rule(a.shape, b.shape, params), a.dtype)
         return _ffi_call(target, shape, a, b, **_geometry(params))
 
-    primitive.def_impl(impl)
-    primitive.def_abstract_eval(lambda a, b, **params: ShapedArray(shape_rule(a.shape, b.shape, params), a.dtype))
-    mlir.register_lowering(primitive, mlir.lower_fun(impl, multiple_results=False), platform="cpu")
+    def lowering(ctx, a, b, *, fused, **params):
+        module = ctx.module_context
+        if (
+            fused
+            and not module.lowering_parameters.for_export
+            and tuple(module.platforms) == ("cpu",)
+            and ctx.avals_in[0].dtype in (np.float32, np.float64)
+            and _ffi_available()
+        ):
+            call = _batch_partitioned(fused_impl, sharding_rule, tuple(sorted(params.items())))
+        else:
+            call = functools.partial(portable, **params)
+        return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
+
+    primitive.def_impl(lambda a, b, **params: _eager(primitive, tuple(sorted(params.items())))(a, b))
+    primitive.def_abstract_eval(
+        lambda a, b, *, fused, **params: ShapedArray(shape_rule(a.shape, b.shape, params), a.dtype)
+    )
+    mlir.register_lowering(primitive, lowering)
     batching.primitive_batchers[primitive] = functools.partial(_batch_rule, primitive)
+    # Its lowering holds a `custom_partitioning` call, which needs the
+    # devices while lowering; JAX asks that of primitives through this set
+    # (internal: without it, a sharded call fails to lower).
+    try:
+        from jax._src import dispatch
+
+        dispatch.prim_requires_devices_during_lowering.add(primitive)
+    except (ImportError, AttributeError):  # a JAX without it: unsharded calls still lower
+        pass
     return primitive
+
+
+@functools.lru_cache(maxsize=None)
+def _eager(primitive, params):
+    """The primitive compiled on its own, for calls outside `jax.jit`."""
+    return jax.jit(functools.partial(primitive.bind, **dict(params)))
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_partitioned(impl, sharding_rule, params):
+    """`impl` as a custom call that XLA partitions along the batch.
+
+    Every image is computed on its own, so a batch-sharded call runs on each
+    device's shard, with no all-gather (XLA would otherwise replicate an
+    opaque custom call's operands on every device). Only the batch axis
+    may be sharded; the partitioner replicates the others first.
+    """
+    params = dict(params)
+    call = custom_partitioning(lambda a, b: impl(a, b, **params))
+
+    def batch_sharding(mesh, arg_shapes):
+        spec = arg_shapes[0].sharding.spec
+        return NamedSharding(mesh, PartitionSpec(spec[0] if len(spec) else None))
+
+    def infer(mesh, arg_shapes, result_shape):
+        return batch_sharding(mesh, arg_shapes)
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharding = batch_sharding(mesh, arg_shapes)
+        return mesh, lambda a, b: impl(a, b, **params), sharding, (sharding, sharding)
+
+    # Every factor but the batch, in order of appearance (Shardy wants it so).
+    factors = sharding_rule.replace(",", " ").replace("->", " ").split()
+    spatial = [f for i, f in enumerate(factors) if f != "b" and f not in factors[:i]]
+    call.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=sharding_rule,
+        need_replication_factors=tuple(spatial),
+    )
+    return call
 
 
 def _batch_rule(primitive, args, dims, **params):
@@ -126,9 +201,13 @@ def _batch_rule(primitive, args, dims, **params):
     return out.reshape((size, -1) + out.shape[1:]), 0
 
 
-apply_p = _primitive("apply", "forward", _apply_shape)
-input_gradient_p = _primitive("input_gradient", "input_gradient", _input_gradient_shape)
-correlate_p = _primitive("correlate", "correlate", _correlate_shape)
+# Einsum-like sharding rules: b is the batch, the only axis sharded.
+apply_p = _primitive("apply", "forward", _apply_shape, "b h w c, b i j t -> b i j c",
+                     lambda x, kernel, **p: _portable_apply(x, kernel, **p))
+input_gradient_p = _primitive("input_gradient", "input_gradient", _input_gradient_shape, "b i j c, b i j t -> b h w c",
+                              lambda grad, kernel, **p: _portable_input_gradient(grad, kernel, **p))
+correlate_p = _primitive("correlate", "correlate", _correlate_shape, "b h w c, b i j c -> b i j t",
+                         lambda x, grad, **p: _portable_correlate(x, grad, **p))
 
 
 def _size(value):
@@ -136,26 +215,32 @@ def _size(value):
     return dict(height=value.aval.shape[1], width=value.aval.shape[2])
 
 
+def _params(p):
+    return dict(_geometry(p), fused=p["fused"])
+
+
 ad.defbilinear(
     apply_p,
-    lambda ct, x, kernel, **p: input_gradient_p.bind(ct, kernel, **_size(x), **_geometry(p)),
-    lambda ct, x, kernel, **p: correlate_p.bind(x, ct, **_geometry(p)),
+    lambda ct, x, kernel, **p: input_gradient_p.bind(ct, kernel, **_size(x), **_params(p)),
+    lambda ct, x, kernel, **p: correlate_p.bind(x, ct, **_params(p)),
 )
 ad.defbilinear(
     input_gradient_p,
-    lambda ct, grad, kernel, **p: apply_p.bind(ct, kernel, **_geometry(p)),
-    lambda ct, grad, kernel, **p: correlate_p.bind(ct, grad, **_geometry(p)),
+    lambda ct, grad, kernel, **p: apply_p.bind(ct, kernel, **_params(p)),
+    lambda ct, grad, kernel, **p: correlate_p.bind(ct, grad, **_params(p)),
 )
 ad.defbilinear(
     correlate_p,
-    lambda ct, x, grad, **p: input_gradient_p.bind(grad, ct, **_size(x), **_geometry(p)),
-    lambda ct, x, grad, **p: apply_p.bind(x, ct, **_geometry(p)),
+    lambda ct, x, grad, **p: input_gradient_p.bind(grad, ct, **_size(x), **_params(p)),
+    lambda ct, x, grad, **p: apply_p.bind(x, ct, **_params(p)),
 )
 
 
-def fused_involution(x, kernel, groups, kernel_size, stride, dilation):
-    """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)` by the C++ loops."""
-    return apply_p.bind(x, kernel, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation)
+def fused_involution(x, kernel, groups, kernel_size, stride, dilation, fused=True):
+    """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)`, by
+    the C++ loops where they run (`fused`), else by XLA."""
+    return apply_p.bind(x, kernel, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation,
+                        fused=fused)
 
 
 def _window(padded, row, col, stride, out_h, out_w):
@@ -184,30 +269,41 @@ def _forward(x, kernel, kernel_size, stride, dilation):
     return output
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def grouped_involution(x, kernel, kernel_size, stride, dilation):
-    """x `(B, H, W, G, Cg)`, kernel `(B, Ho, Wo, G, K*K)` -> `(B, Ho, Wo, G, Cg)`."""
-    return _forward(x, kernel, kernel_size, stride, dilation)
+def _grouped(tensor, groups):
+    """(B, H, W, G*n) -> (B, H, W, G, n)."""
+    return tensor.reshape(tensor.shape[:3] + (groups, tensor.shape[3] // groups))
 
 
-def _grouped_involution_fwd(x, kernel, kernel_size, stride, dilation):
-    return _forward(x, kernel, kernel_size, stride, dilation), (x, kernel)
+def _flat(tensor):
+    return tensor.reshape(tensor.shape[:3] + (-1,))
 
 
-def _grouped_involution_bwd(kernel_size, stride, dilation, residuals, grad):
-    x, kernel = residuals
-    pad = dilation * (kernel_size - 1) // 2
+# The XLA forms of the three primitives, in the grouped channels-last
+# layout (B, H, W, G, C/G), where a group's kernel broadcasts along the
+# innermost axis and the kernel gradient reduces over it.
+
+
+def _portable_apply(x, kernel, *, groups, kernel_size, stride, dilation):
+    return _flat(_forward(_grouped(x, groups), _grouped(kernel, groups), kernel_size, stride, dilation))
+
+
+def _portable_input_gradient(grad, kernel, *, height, width, groups, kernel_size, stride, dilation):
+    grad, kernel = _grouped(grad, groups), _grouped(kernel, groups)
+    if stride == 1:
+        return _flat(_input_gradient_gather(grad, kernel, kernel_size, dilation))
+    x_shape = (grad.shape[0], height, width) + grad.shape[3:]
+    return _flat(_input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation))
+
+
+def _portable_correlate(x, grad, *, groups, kernel_size, stride, dilation):
+    x, grad = _grouped(x, groups), _grouped(grad, groups)
     out_h, out_w = grad.shape[1:3]
-    padded = _pad(x, pad)
-    grad_kernel = [
+    padded = _pad(x, dilation * (kernel_size - 1) // 2)
+    taps = [
         jnp.sum(grad * _window(padded, row, col, stride, out_h, out_w), axis=-1)
         for row, col in tap_offsets(kernel_size, dilation)
     ]
-    if stride == 1:
-        grad_x = _input_gradient_gather(grad, kernel, kernel_size, dilation)
-    else:
-        grad_x = _input_gradient_scatter(grad, kernel, x.shape, kernel_size, stride, dilation)
-    return grad_x, jnp.stack(grad_kernel, axis=-1)
+    return _flat(jnp.stack(taps, axis=-1))
 
 
 def _input_gradient_gather(grad, kernel, kernel_size, dilation):
@@ -249,9 +345,6 @@ def _input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation
     return grad_padded[:, pad : pad + height, pad : pad + width]
 
 
-grouped_involution.defvjp(_grouped_involution_fwd, _grouped_involution_bwd)
-
-
 # With fewer channels per group than this (the Keras example's 3), XLA's own
 # autodiff of the reference is faster than either custom gradient (seed
 # shape, `bench_involution.py`: 41 ms, against 87 ms for the C++ loops, whose
@@ -283,18 +376,11 @@ def _use_ffi(dtype):
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, path):
-    """`path`: "ffi" (the C++ loops) or "xla" (`grouped_involution`)."""
+    """`path`: "ffi" (the C++ loops) or "xla" (the same primitives, by XLA)."""
     if data_format == "channels_first":
         inputs = jnp.transpose(inputs, (0, 2, 3, 1))
         kernel = jnp.transpose(kernel, (0, 2, 3, 1))
-    batch, height, width, channels = inputs.shape
-    out_h, out_w = kernel.shape[1:3]
-    if path == "ffi":
-        output = fused_involution(inputs, kernel, groups, kernel_size, stride, dilation)
-    else:
-        x = inputs.reshape(batch, height, width, groups, channels // groups)
-        w = kernel.reshape(batch, out_h, out_w, groups, kernel_size * kernel_size)
-        output = grouped_involution(x, w, kernel_size, stride, dilation).reshape(batch, out_h, out_w, channels)
+    output = fused_involution(inputs, kernel, groups, kernel_size, stride, dilation, fused=path == "ffi")
     if data_format == "channels_first":
         output = jnp.transpose(output, (0, 3, 1, 2))
     return output
