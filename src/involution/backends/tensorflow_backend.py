@@ -17,8 +17,8 @@ import functools
 import tensorflow as tf
 
 # Internal, but the only way to ask whether the current graph is compiled by
-# XLA or records gradients; `_own_cluster_pays` is their one user.
-from tensorflow.python.eager import record
+# XLA, records gradients or carries tangents; `_own_cluster_pays` is their one user.
+from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.ops import control_flow_util
 
 from involution.backends import tap_offsets
@@ -149,17 +149,23 @@ def _compiled(kernel_size, stride, dilation, groups, data_format):
     )
 
 
-def _own_cluster_pays():
+def _own_cluster_pays(inputs, kernel):
     """Whether to compile the apply step as its own XLA cluster.
 
     Eagerly, and in a graph that records gradients (Keras' training step,
     which on CPU-only TensorFlow Keras does not compile), it does: XLA fuses
     the taps into a few passes over memory. Inside an XLA-compiled function
     (`jit_compile=True`) the step is compiled with its caller already, and
-    a nested cluster would only make the caller retrace. In any other graph
+    a nested cluster would only make the caller retrace; under forward-mode
+    differentiation it would fail (see below). In any other graph
     (inference, and the graphs `model.export` writes) the apply step stays
     plain ops, so that exported graphs hold no XLA-only function call.
     """
+    if forwardprop_util.pack_tangents([inputs, kernel]).indices:
+        # Forward mode differentiates the custom gradient's own gradient,
+        # which inside an XLA cluster meets slicing gradients (XLA's
+        # dynamic-update-slice) that TensorFlow cannot differentiate.
+        return False
     if tf.executing_eagerly():
         return True
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
@@ -199,7 +205,7 @@ def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_forma
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
     with tf.control_dependencies(checks):
-        if _own_cluster_pays():
+        if _own_cluster_pays(inputs, kernel):
             return _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel)
         return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
 

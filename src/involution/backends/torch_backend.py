@@ -261,6 +261,11 @@ class GroupedInvolution(torch.autograd.Function):
     def backward(ctx, grad):
         x, kernel = ctx.saved_tensors
         kernel_size, stride, dilation = ctx.geometry
+        if torch.is_grad_enabled():
+            # A higher-order derivative is being taken (`create_graph=True`):
+            # the in-place accumulations below are not differentiable, so
+            # the gradients come from autograd of the out-of-place forward.
+            return (*_differentiable_gradients(x, kernel, grad, ctx), None, None, None)
         pad = dilation * (kernel_size - 1) // 2
         out_h, out_w = grad.shape[-2:]
         grad = grad.contiguous()
@@ -283,6 +288,26 @@ class GroupedInvolution(torch.autograd.Function):
         if grad_padded is not None:
             grad_x = grad_padded[..., pad : pad + x.shape[-2], pad : pad + x.shape[-1]]
         return grad_x, grad_kernel, None, None, None
+
+
+def _differentiable_gradients(x, kernel, grad, ctx):
+    """`GroupedInvolution`'s gradients as a differentiable function of x, kernel and grad."""
+    kernel_size, stride, dilation = ctx.geometry
+    pad = dilation * (kernel_size - 1) // 2
+    out_h, out_w = grad.shape[-2:]
+    with torch.enable_grad():
+        inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, kernel)]
+        padded = F.pad(inputs[0], (pad, pad, pad, pad))
+        output = sum(
+            _window(padded, row, col, stride, out_h, out_w) * inputs[1][:, :, tap : tap + 1]
+            for tap, (row, col) in enumerate(tap_offsets(kernel_size, dilation))
+        )
+        wanted = [i for i in range(2) if ctx.needs_input_grad[i]]
+        grads = torch.autograd.grad(output, [inputs[i] for i in wanted], grad, create_graph=True)
+    result = [None, None]
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
 
 
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
