@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from involution import ops as involution_ops
+from involution.config import check_implementation
 from involution.normalization import BatchNormalization
 
 
@@ -83,6 +84,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         span_regularizer: regularizer of that kernel (None for none). An
             L2 penalty pulls the generated kernels towards the static bias
             kernel: it limits how much the kernels vary with the input.
+        implementation: `"auto"`, `"reference"` or `"fast"`, for its batch
+            normalization and stride pooling (see `involution.config`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -108,9 +111,11 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         span_initializer="glorot_uniform",
         span_bias_initializer="zeros",
         span_regularizer=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.implementation = check_implementation(implementation)
         self.span_initializer = keras.initializers.get(span_initializer)
         self.span_bias_initializer = keras.initializers.get(span_bias_initializer)
         self.span_regularizer = keras.regularizers.get(span_regularizer)
@@ -152,7 +157,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         axis = -1 if self.data_format == "channels_last" else 1
         if self.normalization == "batch":
             self.norm = BatchNormalization(
-                axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy
+                axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy,
+                implementation=self.implementation,
             )
         elif self.normalization == "layer":
             self.norm = keras.layers.LayerNormalization(
@@ -179,7 +185,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = inputs
         if self.stride > 1:
-            x = involution_ops.average_pool_same(x, self.stride, self.data_format)
+            x = involution_ops.average_pool_same(x, self.stride, self.data_format, self.implementation)
         x = self._pointwise(self.reduce, x)
         if self.norm is not None:
             x = self.norm(x, training=training)
@@ -216,6 +222,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "span_initializer": keras.initializers.serialize(self.span_initializer),
                 "span_bias_initializer": keras.initializers.serialize(self.span_bias_initializer),
                 "span_regularizer": keras.regularizers.serialize(self.span_regularizer),
+                "implementation": self.implementation,
             }
         )
         return config
@@ -264,7 +271,8 @@ class Involution(keras.layers.Layer):
         kernel_generator: optional layer replacing the default generator
             (see above).
         implementation: `"auto"`, `"reference"` or `"fast"`: which apply
-            path runs (see `involution.ops.involution_apply`).
+            path runs (see `involution.ops.involution_apply` and
+            `involution.config`); the default kernel generator takes it too.
         **kwargs: base layer keyword arguments (`name`, `dtype`,
             `trainable`, ...).
 
@@ -328,13 +336,7 @@ class Involution(keras.layers.Layer):
         self.dilation = _positive_int(dilation, "dilation")
         self.data_format = involution_ops.standardize_data_format(data_format)
         self.return_kernel = bool(return_kernel)
-        if implementation not in involution_ops.IMPLEMENTATIONS:
-            raise ValueError(
-                "The `implementation` argument must be one of "
-                f"{involution_ops.IMPLEMENTATIONS}. "
-                f"Received: implementation={implementation!r}"
-            )
-        self.implementation = implementation
+        self.implementation = check_implementation(implementation)
         if isinstance(kernel_generator, dict):
             kernel_generator = keras.saving.deserialize_keras_object(kernel_generator)
         if kernel_generator is not None and not isinstance(
@@ -354,6 +356,7 @@ class Involution(keras.layers.Layer):
                 channel=self.channel,
                 data_format=self.data_format,
                 dtype=self.dtype_policy,
+                implementation=self.implementation,
                 name="kernel_generator",
             )
         self.kernel_generator = kernel_generator

@@ -48,7 +48,8 @@ def set_implementation(model, implementation):
     Layers keep it in their configs, so a saved model reloads with it.
     """
     check_implementation(implementation)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    # The model itself too, where it keeps the argument in its config (RedNet).
+    for layer in model._flatten_layers(include_self=True, recursive=True):
         if isinstance(getattr(layer, "implementation", None), str):  # not e.g. an RNN's int
             layer.implementation = implementation
     return model

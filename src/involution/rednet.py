@@ -9,6 +9,7 @@ for one that keeps 32x32 inputs at full resolution.
 
 import keras
 
+from involution.config import check_implementation
 from involution.layer import Involution
 from involution.normalization import BatchNormalization
 
@@ -82,6 +83,8 @@ class RedNet(keras.Model):
             convolution's stride 2: a quarter of `"cifar"`'s compute).
         width: the first stage's bottleneck width (64 in the paper); every
             stage doubles it and outputs `4 * width` channels.
+        implementation: `"auto"`, `"reference"` or `"fast"`, for every layer
+            with a fast path (see `involution.config`).
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Attributes:
@@ -101,7 +104,7 @@ class RedNet(keras.Model):
     """
 
     def __init__(self, depth=50, include_top=True, num_classes=1000, input_shape=(None, None, 3),
-                 stem="imagenet", width=64, **kwargs):
+                 stem="imagenet", width=64, implementation="auto", **kwargs):
         if depth not in DEPTHS:
             raise ValueError(f"The `depth` argument must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
         if stem not in STEM_STRIDES:
@@ -136,6 +139,11 @@ class RedNet(keras.Model):
         self.stem = stem
         self.width = width
         self.pyramid_outputs = pyramid
+        self.implementation = check_implementation(implementation)
+        if implementation != "auto":
+            from involution.models import set_implementation
+
+            set_implementation(self, implementation)
 
     def get_config(self):
         return {
@@ -145,6 +153,7 @@ class RedNet(keras.Model):
             "input_shape": self._input_shape_arg,
             "stem": self.stem,
             "width": self.width,
+            "implementation": self.implementation,
             "name": self.name,
             "trainable": self.trainable,
         }
