@@ -252,8 +252,8 @@ def involution_apply_reference(
     strided view of the padded input per offset, scaled by that offset's
     kernel weight broadcast over the group's channels. This never builds the
     `kernel_size**2`-times larger patch tensor that unfold-style
-    implementations materialise, and it needs no reshape of dynamically
-    sized tensors, so it runs unchanged on every backend and under
+    implementations materialise, and it reshapes only tensors of known
+    spatial size, so it runs unchanged on every backend and under
     `keras.Input((None, None, C))`.
     """
     channels_last = data_format == "channels_last"
@@ -263,13 +263,25 @@ def involution_apply_reference(
     taps = kernel_size * kernel_size
 
     pad = dilation * (kernel_size - 1) // 2
-    if channels_last:
-        padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
-        out_height, out_width = ops.shape(kernel)[1], ops.shape(kernel)[2]
-    else:
-        padding = [[0, 0], [0, 0], [pad, pad], [pad, pad]]
-        out_height, out_width = ops.shape(kernel)[2], ops.shape(kernel)[3]
+    spatial = (1, 2) if channels_last else (2, 3)
+    padding = [[0, 0]] * 4
+    for axis in spatial:
+        padding[axis] = [pad, pad]
     padded = ops.pad(inputs, padding)
+    height, width = (_static(padded.shape[axis]) for axis in spatial)
+    out_height, out_width = (_static(ops.shape(kernel)[axis]) for axis in spatial)
+    # With known sizes the group axis is split off, (B, H, W, G, C/G) or
+    # (B, G, C/G, H, W), so that a group's kernel broadcasts over its
+    # channels; exporters (ONNX) also follow these shapes best. Unknown
+    # sizes keep the 4D layout, where the kernel is repeated per channel.
+    grouped = all(isinstance(size, int) for size in (height, width, out_height, out_width))
+    if grouped:
+        if channels_last:
+            padded = ops.reshape(padded, (-1, height, width, groups, channels_per_group))
+            kernel = ops.reshape(kernel, (-1, out_height, out_width, groups, taps))
+        else:
+            padded = ops.reshape(padded, (-1, groups, channels_per_group, height, width))
+            kernel = ops.reshape(kernel, (-1, groups, taps, out_height, out_width))
 
     # A window that starts at `offset` and yields `count` rows with step
     # `stride` ends at offset + (count - 1) * stride + 1.
@@ -280,29 +292,37 @@ def involution_apply_reference(
     for tap in range(taps):
         row0 = (tap // kernel_size) * dilation
         col0 = (tap % kernel_size) * dilation
+        rows = slice(row0, row0 + row_span, stride)
+        cols = slice(col0, col0 + col_span, stride)
         if channels_last:
-            window = padded[
-                :,
-                row0 : row0 + row_span : stride,
-                col0 : col0 + col_span : stride,
-                :,
-            ]
-            tap_weights = kernel[..., tap::taps]
+            window = padded[:, rows, cols]
+            tap_weights = kernel[..., tap : tap + 1] if grouped else kernel[..., tap::taps]
         else:
-            window = padded[
-                :,
-                :,
-                row0 : row0 + row_span : stride,
-                col0 : col0 + col_span : stride,
-            ]
-            tap_weights = kernel[:, tap::taps]
-        if channels_per_group > 1:
-            tap_weights = ops.repeat(
-                tap_weights, channels_per_group, axis=channel_axis
-            )
+            window = padded[..., rows, cols]
+            tap_weights = kernel[:, :, tap : tap + 1] if grouped else kernel[:, tap::taps]
+        if not grouped and channels_per_group > 1:
+            tap_weights = ops.repeat(tap_weights, channels_per_group, axis=channel_axis)
         term = window * tap_weights
         output = term if output is None else output + term
+    if grouped:
+        if channels_last:
+            output = ops.reshape(output, (-1, out_height, out_width, channels))
+        else:
+            output = ops.reshape(output, (-1, channels, out_height, out_width))
     return output
+
+
+def _static(size):
+    """A known size as a Python int, else the backend's symbolic size.
+
+    Tracers (TorchScript's, behind PyTorch's ONNX export) hand out sizes that
+    they record as computations; a known size is a constant of the traced
+    program, and shape arithmetic on it stays out of the exported graph.
+    """
+    try:
+        return int(size)
+    except (TypeError, ValueError):  # None, or a symbolic size
+        return size
 
 
 def pool(inputs, size, strides, mode, data_format, implementation="auto"):
