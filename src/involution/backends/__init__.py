@@ -1,18 +1,24 @@
-"""Backend-specific fast paths of the involution apply step.
+"""Backend-specific fast paths, one module per Keras backend.
 
-Each module exposes `involution_apply(inputs, kernel, kernel_size, stride,
+`involution.ops` is their only caller and chooses between them and the
+portable `keras.ops` references (its "Dispatch" section). Each module
+exposes what it can run as `<name>_support(...)` predicates (None, or the
+reason it cannot), optionally `<name>_preferred(...)` for `"auto"`, the fast
+functions themselves (`involution_apply(inputs, kernel, kernel_size, stride,
 dilation, groups, data_format)` with the semantics of
-`involution.ops.involution_apply_reference`, which is their tested reference.
-They share one plan (see `docs/design.md`):
+`involution.ops.involution_apply_reference`, their tested reference), and
+optionally `prepare()`, which builds compiled kernels ahead of the first call.
+The modules never import `involution.ops`. The apply paths share one plan
+(see `docs/design.md`):
 
-- work in the grouped channels-first layout `(B, G, C/G, H, W)`, where a
-  group's kernel broadcasts over its channels without copies and the kernel
-  gradient's reduction over channels runs over contiguous planes;
+- work in a grouped layout, where a group's kernel broadcasts over its
+  channels without copies and the kernel gradient's reduction over channels
+  runs over contiguous memory;
 - forward: shift and accumulate, one strided view of the padded input per
-  kernel tap;
-- a custom gradient that keeps only the input and the kernel (not the
-  `K*K` shifted views an autodiff of the forward would store) and computes
-  both gradients with the same shift-and-accumulate pattern.
+  kernel tap (or one fused C++ pass);
+- gradients that keep only the input and the kernel (not the `K*K` shifted
+  views an autodiff of the forward would store), computed with the same
+  shift-and-accumulate pattern.
 """
 
 

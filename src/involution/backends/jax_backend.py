@@ -1,4 +1,4 @@
-"""The JAX fast paths: `jax.custom_vjp` over fused C++ loops or over XLA.
+"""The JAX fast paths: three primitives, lowered to fused C++ loops or to XLA.
 
 On the CPU (float32/float64) the apply step and its gradients are the fused
 loops of `involution_kernels.h`, the ones the PyTorch backend runs, called
@@ -11,7 +11,8 @@ Elsewhere (GPUs, half precision, no C++ compiler) the same plan as the
 TensorFlow path runs, compiled by XLA: the grouped channels-last layout
 `(B, H, W, G, C/G)`, where a group's kernel broadcasts along the innermost
 axis and the kernel gradient reduces over it. Both keep only the input and
-the kernel for the backward pass.
+the kernel for the backward pass; both differentiate to any order, in
+forward and reverse mode, and `jax.export` always gets the XLA form.
 """
 
 import ctypes

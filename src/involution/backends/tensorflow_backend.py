@@ -2,7 +2,9 @@
 
 Keras does not XLA-compile training on CPU-only TensorFlow, so the apply
 step compiles itself (`jit_compile=True`): XLA fuses the shift-and-accumulate
-loop into a few passes over memory.
+loop into a few passes over memory. It does so only where that pays and is
+safe (`_own_cluster_pays`): not inside an XLA-compiled caller, not in the
+inference graphs that `model.export` writes, not under forward mode.
 
 Unlike the other fast paths this one works channels-last, in the grouped
 layout `(B, H, W, G, C/G)`: XLA's CPU loops vectorise the innermost

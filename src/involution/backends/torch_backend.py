@@ -4,8 +4,9 @@ On the CPU (float32/float64) the apply step and its gradients are three
 fused loops (`involution_cpu.cpp`), compiled with PyTorch's extension
 builder the first time they are needed (about half a minute, then cached by
 PyTorch per machine): one pass over memory instead of one per kernel tap.
-The kernel-gradient loop also computes local attention's query-key logits
-(`WindowCorrelation`, used by `involution.attention`).
+They are `torch.library` custom ops, visible to `torch.compile` and
+`torch.export` and differentiable to any order. The kernel-gradient loop
+also computes local attention's query-key logits (`window_correlation`).
 
 Elsewhere (GPU tensors, half precision, or where no C++ compiler is found)
 an autograd Function of in-place accumulations runs instead: Keras runs
@@ -13,6 +14,10 @@ PyTorch eagerly, so every tap is one kernel launch; the Function keeps them
 in place (`addcmul_` into one output buffer, into strided views of one
 gradient buffer) so that no `K*K` temporaries are made or stored for the
 backward pass.
+
+While a model is exported (`torch.export`, ONNX, TorchScript) the
+`keras.ops` reference runs instead (`apply_support`), so that the artifact
+needs nothing of this package.
 """
 
 import os
