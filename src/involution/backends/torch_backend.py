@@ -126,42 +126,39 @@ def _save_geometry(ctx, inputs, output):
     ctx.geometry = (groups, kernel_size, stride, dilation)
 
 
-def _apply_backward(ctx, grad):
-    x, kernel = ctx.saved_tensors
-    grad = grad.contiguous()
-    grad_x = grad_kernel = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _input_gradient_op(grad, kernel, x.shape[1], x.shape[2], *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        grad_kernel = _correlate_op(x, grad, *ctx.geometry)
-    return grad_x, grad_kernel, None, None, None, None
+def _register_bilinear(op, arity, first, second):
+    """Autograd of a bilinear `op(a, b, *geometry)`: its gradients w.r.t. `a`
+    and `b` are `first(a, b, grad, geometry)` and `second(...)`, both ops again."""
+
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        grads = [None] * arity
+        if ctx.needs_input_grad[0]:
+            grads[0] = first(a, b, grad, ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grads[1] = second(a, b, grad, ctx.geometry)
+        return tuple(grads)
+
+    op.register_autograd(backward, setup_context=_save_geometry)
 
 
-def _input_gradient_backward(ctx, grad):
-    upstream, kernel = ctx.saved_tensors
-    grad = grad.contiguous()
-    grad_upstream = grad_kernel = None
-    if ctx.needs_input_grad[0]:
-        grad_upstream = _apply_op(grad, kernel, *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        grad_kernel = _correlate_op(grad, upstream, *ctx.geometry)
-    return grad_upstream, grad_kernel, None, None, None, None, None, None
-
-
-def _correlate_backward(ctx, grad):
-    x, upstream = ctx.saved_tensors
-    grad = grad.contiguous()
-    grad_x = grad_upstream = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _input_gradient_op(upstream, grad, x.shape[1], x.shape[2], *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        grad_upstream = _apply_op(x, grad, *ctx.geometry)
-    return grad_x, grad_upstream, None, None, None, None
-
-
-_apply_op.register_autograd(_apply_backward, setup_context=_save_geometry)
-_input_gradient_op.register_autograd(_input_gradient_backward, setup_context=_save_geometry)
-_correlate_op.register_autograd(_correlate_backward, setup_context=_save_geometry)
+# The table of `docs/design.md` ("The apply step is bilinear").
+_register_bilinear(
+    _apply_op, 6,
+    lambda x, kernel, grad, geometry: _input_gradient_op(grad, kernel, x.shape[1], x.shape[2], *geometry),
+    lambda x, kernel, grad, geometry: _correlate_op(x, grad, *geometry),
+)
+_register_bilinear(
+    _input_gradient_op, 8,
+    lambda upstream, kernel, grad, geometry: _apply_op(grad, kernel, *geometry),
+    lambda upstream, kernel, grad, geometry: _correlate_op(grad, upstream, *geometry),
+)
+_register_bilinear(
+    _correlate_op, 6,
+    lambda x, upstream, grad, geometry: _input_gradient_op(upstream, grad, x.shape[1], x.shape[2], *geometry),
+    lambda x, upstream, grad, geometry: _apply_op(x, grad, *geometry),
+)
 
 
 def fused_runs(tensor):
