@@ -145,9 +145,12 @@ def native_cases(case):
         geometry = dict(zip(("groups", "kernel_size", "stride", "dilation"), args))
         return {
             "native forward": lambda: jax_backend._ffi_call("forward", out, x, kernel, **geometry),
-            "native backward": lambda: jax_backend._ffi_call(
-                "backward", (out, jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)), x, x, kernel, **geometry
-            )[0],
+            # The input gradient declared with the input's shape and the
+            # window correlation with the kernel's, from a stride-1 grid.
+            "native backward": lambda: jax_backend._ffi_call("input_gradient", out, x, kernel, **geometry),
+            "native correlate": lambda: jax_backend._ffi_call(
+                "correlate", jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), x, x, **geometry
+            ),
         }
     return {}
 

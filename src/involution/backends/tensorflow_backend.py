@@ -148,6 +148,7 @@ def _compiled(kernel_size, stride, dilation, groups, data_format):
             data_format=data_format,
         ),
         jit_compile=True,
+        autograph=False,
     )
 
 
@@ -204,6 +205,10 @@ def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_forma
     ]
 
 
+# Plain Python over tensors, no tensor-dependent control flow: AutoGraph (on
+# in Keras' training functions) has nothing to convert here, and in a long
+# test run its converted copies called one helper with another's arguments.
+@tf.autograph.experimental.do_not_convert
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
     with tf.control_dependencies(checks):
