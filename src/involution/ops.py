@@ -331,6 +331,7 @@ def pool(inputs, size, strides, mode, data_format, implementation="auto"):
     The fast path (`involution.config`, `"pool"`) exists on PyTorch, whose
     Keras pooling copies channels_last maps to channels_first and back.
     """
+    inputs = ops.convert_to_tensor(inputs)
     backend = backend_module()
     support = getattr(backend, "pool_support", None)
     if use_fast_path("pool", implementation, support and (lambda: support(inputs, data_format))):
