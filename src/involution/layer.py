@@ -8,17 +8,7 @@ from involution.config import check_implementation
 from involution.normalization import BatchNormalization
 
 
-def _positive_int(value, name, odd=False):
-    """Validates an integer hyperparameter, with a Keras-style message."""
-    expected = "a positive odd integer" if odd else "a positive integer"
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    if valid and odd:
-        valid = value % 2 == 1
-    if not valid:
-        raise ValueError(
-            f"The `{name}` argument must be {expected}. Received: {name}={value!r}"
-        )
-    return value
+_positive_int = involution_ops.check_positive_int
 
 
 def _check_input_shape(layer, input_shape):

@@ -113,11 +113,15 @@ def involution_apply(
     )
 
 
-def _check_int(value, name, minimum=1, odd=False):
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    if not valid or (odd and value % 2 == 0):
-        expected = "a positive odd integer" if odd else "a positive integer"
+def check_positive_int(value, name, odd=False):
+    """Validates an integer hyperparameter, with a Keras-style message."""
+    expected = "a positive odd integer" if odd else "a positive integer"
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if valid and odd:
+        valid = value % 2 == 1
+    if not valid:
         raise ValueError(f"The `{name}` argument must be {expected}. Received: {name}={value!r}")
+    return value
 
 
 def check_apply_arguments(input_shape, kernel_shape, kernel_size, stride, dilation, groups, data_format):
@@ -134,10 +138,10 @@ def check_apply_arguments(input_shape, kernel_shape, kernel_size, stride, dilati
         kernel_size, stride, dilation, groups, data_format: as in
             `involution_apply`.
     """
-    _check_int(kernel_size, "kernel_size", odd=True)
-    _check_int(stride, "stride")
-    _check_int(dilation, "dilation")
-    _check_int(groups, "groups")
+    check_positive_int(kernel_size, "kernel_size", odd=True)
+    check_positive_int(stride, "stride")
+    check_positive_int(dilation, "dilation")
+    check_positive_int(groups, "groups")
     input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
     layout = "(batch, height, width, channels)" if data_format == "channels_last" else (
         "(batch, channels, height, width)")
