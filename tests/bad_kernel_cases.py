@@ -2,7 +2,7 @@
 
 `test_validation.py` runs this in a child process per backend, so that a
 case which corrupts memory or crashes fails its test instead of ending the
-test session. Each outcome is `"ValueError: ..."`, `"RuntimeError: ..."`
+test run. Each outcome is `"ValueError: ..."`, `"RuntimeError: ..."`
 (or another exception's name and message), or `"no error"`.
 """
 

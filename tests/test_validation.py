@@ -3,8 +3,8 @@
 Every case of `tests/bad_kernel_cases.py` runs on every path of the current
 backend (the reference, the fast path and its gradient, a custom kernel
 generator, and the C++ entry points called directly) in a child process, so
-that memory corruption or a crash fails these tests instead of ending the
-session.
+that memory corruption or a crash fails these tests instead of ending the whole
+run.
 """
 
 import json
