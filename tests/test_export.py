@@ -86,8 +86,45 @@ def test_jax_onnx_with_fast_paths_off(name, tmp_path):
         export_and_run(MODELS[name](), "onnx", tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "jax", reason="jax2onnx")
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="jax2onnx has no conversion for the fused primitives; the docs say so")
 def test_jax_onnx_with_fast_paths_on(tmp_path):
-    export_and_run(one_layer(), "onnx", tmp_path)
+    # The primitives convert through their portable form (jax_onnx.py).
+    import jax
+
+    model = one_layer()
+    x = np.zeros((1, 8, 8, 16), "float32")
+    assert "involution_apply" in str(jax.make_jaxpr(lambda x: model(x, training=False))(x))
+    with config.fast_paths(True):
+        export_and_run(model, "onnx", tmp_path)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax2onnx")
+def test_jax_onnx_converts_the_gradient_primitives():
+    # A gradient program holds the other two primitives (input gradient
+    # and window correlation); each converts through its portable form
+    # (stride 1: jax2onnx has no Pad with interior padding, which the
+    # strided input gradient scatters with).
+    import jax
+    import jax2onnx
+    import onnxruntime
+
+    from involution import ops
+
+    def gradients(x, kernel):
+        def loss(x, kernel):
+            out = ops.involution_apply(x, kernel, kernel_size=3, groups=2, implementation="fast")
+            return jax.numpy.sum(out * out)
+
+        return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 7, 7, 16)).astype("float32")
+    kernel = rng.normal(size=(2, 7, 7, 18)).astype("float32")
+    program = str(jax.make_jaxpr(gradients)(x, kernel))
+    assert "involution_input_gradient" in program and "involution_correlate" in program
+    model = jax2onnx.to_onnx(gradients, inputs=[x.shape, kernel.shape])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for got, expected in zip(session.run(None, dict(zip(names, (x, kernel)))), gradients(x, kernel)):
+        np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-4, atol=1e-4)

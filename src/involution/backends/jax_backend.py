@@ -31,7 +31,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
-from involution.backends import native, tap_offsets
+from involution.backends import jax_onnx, native, tap_offsets
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
 FFI_ENV = "INVOLUTION_JAX_FFI"
@@ -366,6 +366,7 @@ def apply_preferred(inputs, groups, data_format):
 
 
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    jax_onnx.register()  # an ONNX export in progress converts the primitives
     use_ffi = inputs.dtype == kernel.dtype and _use_ffi(inputs.dtype)
     return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format,
                           "ffi" if use_ffi else "xla")
