@@ -4,7 +4,7 @@ Keras does not XLA-compile training on CPU-only TensorFlow, so the apply
 step compiles itself (`jit_compile=True`): XLA fuses the shift-and-accumulate
 loop into a few passes over memory. It does so only where that pays and is
 safe (`_own_cluster_pays`): not inside an XLA-compiled caller, not in the
-inference graphs that `model.export` writes, not under forward mode.
+graphs that `model.export` writes, not under forward mode.
 
 Unlike the other fast paths this one works channels-last, in the grouped
 layout `(B, H, W, G, C/G)`: XLA's CPU loops vectorise the innermost
@@ -15,6 +15,7 @@ maps, see `docs/design.md`).
 """
 
 import functools
+import sys
 
 import tensorflow as tf
 
@@ -155,14 +156,14 @@ def _compiled(kernel_size, stride, dilation, groups, data_format):
 def _own_cluster_pays(inputs, kernel):
     """Whether to compile the apply step as its own XLA cluster.
 
-    Eagerly, and in a graph that records gradients (Keras' training step,
-    which on CPU-only TensorFlow Keras does not compile), it does: XLA fuses
-    the taps into a few passes over memory. Inside an XLA-compiled function
-    (`jit_compile=True`) the step is compiled with its caller already, and
-    a nested cluster would only make the caller retrace; under forward-mode
-    differentiation it would fail (see below). In any other graph
-    (inference, and the graphs `model.export` writes) the apply step stays
-    plain ops, so that exported graphs hold no XLA-only function call.
+    Eagerly and in `tf.function` graphs (Keras' training and prediction
+    steps, which on CPU-only TensorFlow Keras does not compile) it does: XLA
+    fuses the taps into a few passes over memory. Inside an XLA-compiled
+    function (`jit_compile=True`) the step is compiled with its caller
+    already, and a nested cluster would only make the caller retrace; under
+    forward-mode differentiation it would fail (see below); and in the
+    graphs an exporter traces the step stays plain ops, so that exported
+    graphs (ONNX in particular) hold no XLA-only function call.
     """
     if forwardprop_util.pack_tangents([inputs, kernel]).indices:
         # Forward mode differentiates the custom gradient's own gradient,
@@ -173,7 +174,27 @@ def _own_cluster_pays(inputs, kernel):
         return True
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return False
-    return record.could_possibly_record()
+    return not _exporting()
+
+
+# Modules whose functions trace a model for an artifact: Keras' exporters
+# (`model.export`, `ExportArchive`) and tf2onnx's.
+_EXPORTERS = ("keras.src.export.", "tf2onnx.")
+
+
+def _exporting():
+    """Whether an exporter is tracing the current graph.
+
+    TensorFlow marks no graph as "for export", so this reads the Python
+    stack for an exporter's frame; it runs while a graph is traced, never
+    per step.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_EXPORTERS):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format):
