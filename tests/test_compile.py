@@ -43,7 +43,7 @@ def test_jit_compiled_training_matches_uncompiled():
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow graphs")
-def test_no_nested_xla_cluster_in_compiled_or_inference_graphs():
+def test_no_nested_xla_cluster_in_compiled_graphs():
     import tensorflow as tf
 
     model = one_layer_model()
@@ -66,10 +66,24 @@ def test_no_nested_xla_cluster_in_compiled_or_inference_graphs():
         step(tf.constant(x + batch))
     assert step.experimental_get_tracing_count() == 1
     assert not calls(step, tf.constant(x))
-    # Inference graphs (what `model.export` writes) hold plain ops only.
-    assert not calls(tf.function(lambda inputs: model(inputs)), tf.constant(x))
-    # A training graph that Keras does not compile keeps the step's own cluster.
+    # Prediction and training graphs that Keras does not compile keep the
+    # step's own cluster.
+    assert calls(tf.function(lambda inputs: model(inputs)), tf.constant(x))
     assert calls(tf.function(loss_and_gradients), tf.constant(x))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow graphs")
+def test_exported_graphs_hold_no_xla_function(tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = one_layer_model()
+    model(data()[0])
+    model.export(str(tmp_path / "model"), format="tf_saved_model", verbose=False)
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "model" / "saved_model.pb").read_bytes())
+    functions = [f for graph in saved.meta_graphs for f in graph.graph_def.library.function]
+    assert functions  # the serving function and its callees
+    assert not [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
