@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 
 import keras
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from involution import compare, models, training
+from involution.data import DataError
 from tests import synthetic_data as synth
 
 pytestmark = pytest.mark.slow
@@ -137,7 +139,7 @@ def test_nan_loss_stops_that_model_only(tmp_path):
     assert bad["status"] == "nan" and "NaN" in bad["message"]
     assert good["status"] == "finished" and len(good["epochs"]) == 2
     markdown = open(os.path.join(output, "report.md"), encoding="utf-8").read()
-    assert "**nan_test**: Training stopped at epoch 1: the loss became NaN" in markdown
+    assert "**nan\\_test**: Training stopped at epoch 1: the loss became NaN" in markdown
 
 
 def test_cli_runs_and_reports_bad_data(tmp_path):
@@ -167,3 +169,112 @@ def test_cli_runs_and_reports_bad_data(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert unknown.returncode == 2 and "Unknown model 'resnet'" in unknown.stderr
+
+
+# Bad settings and outputs, locks, leftovers ----------------------------------
+
+
+def test_bad_outputs_and_settings_are_refused_before_anything_is_written(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(compare.CompareError, match=r"--output .*a-file is a file"):
+        compare.run_compare(data=str(source), output=str(a_file), log=lambda *a: None)
+    with pytest.raises(compare.CompareError, match=r"Cannot create the --output folder .*a-file/run"):
+        compare.run_compare(data=str(source), output=str(a_file / "run"), log=lambda *a: None)
+    for value in (float("nan"), float("inf"), 0.0, -1e-3):
+        with pytest.raises(compare.CompareError, match=r"learning_rate must be a positive finite number. Received"):
+            compare.run_compare(data=str(source), output=str(tmp_path / "run"), learning_rate=value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_data_failed_can_be_rerun(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    with pytest.raises(DataError, match="does not exist"):
+        tiny_run(tmp_path, tmp_path / "nowhere", models=("conv",), epochs=1)
+    assert not (tmp_path / "run" / compare.RUN_FILE).exists()
+    output, [history] = tiny_run(tmp_path, source, models=("conv",), epochs=1)
+    assert history["status"] == "finished"
+
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from involution.files import FolderLock
+    FolderLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_second_process_on_one_output_is_refused(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    output = tmp_path / "run"
+    output.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(compare.CompareError, match=rf"Another involution process \(pid {holder.pid}\)"):
+            tiny_run(tmp_path, source, models=("conv",), epochs=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.listdir(output) == [".lock"]
+
+
+def test_temporaries_left_by_a_killed_run_are_removed(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    stale = [tmp_path / "run" / "run.json.4242.tmp", tmp_path / "run" / "conv" / "checkpoint-001.4242.tmp.keras",
+             tmp_path / "run" / "conv" / f"history.json.{os.getpid()}.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+    output, _ = tiny_run(tmp_path, source, models=("conv",), epochs=1)
+    assert_no_temporaries(output)
+
+
+def assert_no_temporaries(output):
+    assert not [f for _, _, names in os.walk(output) for f in names if ".tmp" in f]
+
+
+def test_resumes_report_what_was_done(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    settings = dict(models=("conv",), log=lambda *a: None)
+    _, [straight] = tiny_run(tmp_path, source, output="straight", epochs=3, **settings)
+    # Two epochs, then one more in a second invocation: a finished run
+    # asked for more epochs continues from its saved state.
+    tiny_run(tmp_path, source, output="extended", epochs=2, **settings)
+    output, [extended] = tiny_run(tmp_path, source, output="extended", epochs=3, resume=True, **settings)
+    assert [e["first_in_process"] for e in extended["epochs"]] == [True, False, True]
+    for a, b in zip(straight["epochs"], extended["epochs"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # The time per epoch is the steady epoch's (epoch 2), not a first one.
+    from involution import report
+
+    assert report.summarize(extended)["epoch_time"] == extended["epochs"][1]["time_s"]
+    # Asking a finished 3-epoch run for fewer epochs changes nothing, and
+    # the report says 3 of 3.
+    _, [again] = tiny_run(tmp_path, source, output="extended", epochs=2, resume=True, **settings)
+    assert len(again["epochs"]) == 3
+    markdown = open(os.path.join(output, "report.md"), encoding="utf-8").read()
+    assert "| 3/3 |" in markdown and "3 epochs, evaluated" in markdown
+    assert "2 epochs" not in markdown
+
+
+def test_progress_counts_the_runs_epochs(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    lines = []
+    tiny_run(tmp_path, source, models=("conv",), epochs=3, verbose=1, log=lines.append)
+    epochs = [line for line in lines if "Epoch" in line]
+    assert [line.split(":")[0] for line in epochs] == [f"[conv] Epoch {k}/3" for k in (1, 2, 3)]
+    assert all("val_accuracy" in line for line in epochs)
+
+
+def test_report_markdown_escapes_paths_and_names(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src_*weird*_[x](y)|<b>")
+    output, _ = tiny_run(tmp_path, source, output="out_<i>*|", models=("conv",), epochs=1)
+    markdown = open(os.path.join(output, "report.md"), encoding="utf-8").read()
+    assert "<b>" not in markdown and "<i>" not in markdown
+    assert "src\\_\\*weird\\*\\_\\[x\\](y)\\|\\<b\\>" in markdown
+    html_text = open(os.path.join(output, "report.html"), encoding="utf-8").read()
+    assert "&lt;b&gt;" in html_text and "<b>" not in html_text

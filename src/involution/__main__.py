@@ -1,5 +1,5 @@
 import sys
 
-from involution.cli import main
+import involution_cli
 
-sys.exit(main())
+sys.exit(involution_cli.main())

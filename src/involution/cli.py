@@ -1,35 +1,11 @@
-"""The `involution` command line."""
+"""The `involution` command's handlers, run once Keras has its backend.
 
-import argparse
-import os
+The command itself (arguments, backend choice) is `involution_cli`, which
+parses the command line before Keras is imported and then calls `run`.
+"""
+
+import logging
 import sys
-
-
-def _add_backend_option(parser):
-    parser.add_argument(
-        "--backend",
-        choices=["tensorflow", "jax", "torch"],
-        help="Keras backend (default: the KERAS_BACKEND variable, else tensorflow).",
-    )
-
-
-def _select_backend(args, argv):
-    """Makes Keras run on `--backend`, restarting the process if needed.
-
-    Keras reads KERAS_BACKEND once, when it is first imported, and importing
-    this package imports Keras; so a different backend needs a fresh
-    interpreter with the variable set.
-    """
-    if not args.backend:
-        return
-    import keras
-
-    if keras.backend.backend() == args.backend:
-        return
-    env = dict(os.environ, KERAS_BACKEND=args.backend)
-    command = [sys.executable, "-m", "involution", *argv]
-    sys.stdout.flush()
-    os.execve(sys.executable, command, env)
 
 
 def demo(args):
@@ -67,7 +43,7 @@ def compare(args):
             models=models, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
             learning_rate=args.learning_rate, output=args.output, data=args.data,
             limit=args.limit, resume=args.resume, verbose=0 if args.quiet else 1,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, command=getattr(args, "command_line", None),
         )
     except (CompareError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -82,61 +58,20 @@ def compare(args):
     return 0
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text}")
-    return value
+HANDLERS = {"demo": demo, "compare": compare}
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="involution", description="Involutional neural networks on Keras 3."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="Run the Keras example's shape checks.")
-    demo_parser.add_argument("--batch", type=int, default=32)
-    demo_parser.add_argument("--size", type=int, default=256)
-    _add_backend_option(demo_parser)
-    demo_parser.set_defaults(handler=demo)
-
-    compare_parser = commands.add_parser(
-        "compare",
-        help="Train conv vs involution models on CIFAR-10 and write a report.",
-        description=(
-            "Trains the chosen models one after another with the Keras example's recipe "
-            "and writes report.html, report.md, plots, histories and models to --output."
-        ),
-    )
-    compare_parser.add_argument("--models", default="conv,involution",
-                                help="comma-separated registry names (default: conv,involution)")
-    compare_parser.add_argument("--epochs", type=_positive, default=20)
-    compare_parser.add_argument("--batch-size", type=_positive, default=256)
-    compare_parser.add_argument("--learning-rate", type=float, default=1e-3)
-    compare_parser.add_argument("--seed", type=int, default=42)
-    compare_parser.add_argument("--output", help="output folder (default: runs/<timestamp>)")
-    compare_parser.add_argument(
-        "--data",
-        help="local CIFAR-10: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image-folder "
-        "tree (folder or .tar.gz); default $INVOLUTION_DATA, else download",
-    )
-    compare_parser.add_argument("--cache-dir", help="decoded-data cache (default $INVOLUTION_CACHE or ~/.cache/involution)")
-    compare_parser.add_argument("--limit", type=_positive, help="use at most N training and N test images")
-    compare_parser.add_argument("--resume", action="store_true",
-                                help="continue the run in --output (default: the latest under runs/)")
-    compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_backend_option(compare_parser)
-    compare_parser.set_defaults(handler=compare)
-    return parser
+def run(args):
+    """Runs the parsed command `args` (see `involution_cli.build_parser`)."""
+    if not args.verbose:
+        # The frameworks' Python loggers (TensorFlow's, absl's).
+        for name in ("tensorflow", "absl", "jax", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return HANDLERS[args.command](args)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
-    _select_backend(args, argv)
-    return args.handler(args)
+    """The `involution` command (see `involution_cli`)."""
+    import involution_cli
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return involution_cli.main(argv)

@@ -2,17 +2,19 @@
 
 An output folder holds `run.json` (the run's settings), one folder per model
 (see `involution.training`) and the report. Rerunning with `resume=True` on
-the same folder continues where the last invocation stopped.
+the same folder continues where the last invocation stopped. One process at
+a time works in a folder (it holds the folder's lock while it runs), and it
+starts by deleting the temporary files that a killed one left.
 """
 
 import datetime
 import json
+import math
 import os
-import shlex
-import sys
 import time
 
-from involution.training import TrainConfig, atomic_write_json, read_history, train_model
+from involution import report
+from involution.files import FolderLock, LockedError, atomic_write_json, is_temporary, remove_stale_temporaries
 
 RUN_FILE = "run.json"
 # Settings that must match for a resumed run to end where an uninterrupted one
@@ -31,6 +33,72 @@ def latest_run(base="runs"):
     return os.path.join(base, runs[-1]) if runs else None
 
 
+def check_settings(models, epochs, batch_size, learning_rate, limit):
+    """Raises `CompareError` naming the first setting out of range."""
+    from involution import models as models_module
+
+    for name in models:
+        if name not in models_module.list_models():
+            raise CompareError(
+                f"Unknown model {name!r}. Available: {', '.join(models_module.list_models())}"
+            )
+    if not models:
+        raise CompareError("No model to train: pass at least one name with --models.")
+    for setting, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise CompareError(f"{setting} must be a positive integer. Received: {setting}={value!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise CompareError(f"limit must be a positive integer or None. Received: limit={limit!r}")
+    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise CompareError(
+            f"learning_rate must be a positive finite number. Received: learning_rate={learning_rate!r}"
+        )
+
+
+def prepare_output(output):
+    """Creates the run folder `output` if needed; raises unless it is a
+    writable folder."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise CompareError(f"--output {output} is a file; pass a folder (new or from an earlier run).")
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise CompareError(f"Cannot create the --output folder {output}: {error.strerror or error}.") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise CompareError(f"The --output folder {output} is not writable; pass another folder.")
+
+
+def resume_policy(output, settings, resume):
+    """The run's start time: the original one when resuming `output`.
+
+    Raises `CompareError` where `output` holds a run and `resume` is off,
+    or where a setting that a resumed run must share has changed.
+    """
+    run_path = os.path.join(output, RUN_FILE)
+    if not os.path.exists(run_path):
+        return datetime.datetime.now().isoformat(timespec="seconds")
+    try:
+        with open(run_path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as error:
+        raise CompareError(f"Cannot read {run_path} ({error}); pass another --output.") from None
+    if not resume:
+        raise CompareError(f"{output} already holds a run. Use --resume to continue it, or another --output.")
+    changed = [k for k in RESUME_KEYS if previous.get(k) != settings[k]]
+    if changed:
+        raise CompareError(
+            f"Cannot resume {output}: these settings differ from the original run: "
+            + ", ".join(f"{k} (was {previous.get(k)!r}, now {settings[k]!r})" for k in changed)
+        )
+    return previous["started"]
+
+
+def remove_stale_files(output):
+    """Deletes every temporary file under `output` (its lock is held)."""
+    paths = [os.path.join(root, name) for root, _, names in os.walk(output) for name in names if is_temporary(name)]
+    return remove_stale_temporaries(paths, writer_may_run=False)
+
+
 def run_compare(
     models=("conv", "involution"),
     epochs=20,
@@ -44,20 +112,38 @@ def run_compare(
     verbose=1,
     cache_dir=None,
     log=print,
+    command=None,
 ):
-    """Trains `models` on CIFAR-10 and writes the report; returns the histories."""
+    """Trains `models` on CIFAR-10 and writes the report.
+
+    Args:
+        models: registry names, trained in this order.
+        epochs, batch_size, seed, learning_rate: the recipe (see
+            `involution.training.TrainConfig`).
+        output: the run folder; default `runs/<timestamp>` (with `resume`:
+            the latest run there).
+        data: the data source (see `involution.data.load_dataset`).
+        limit: at most this many training and test images.
+        resume: continue the run in `output`.
+        verbose: 1: a line per epoch; 0: quiet.
+        cache_dir: the decoded-data cache.
+        log: where one-line messages go.
+        command: the command line, for the report.
+
+    Returns:
+        `(output, histories)`.
+
+    Raises:
+        CompareError: a setting, the output folder or the resume request
+            cannot be used (before anything is written).
+        DataError: the data cannot be read (before the run is recorded).
+    """
     import keras
 
     from involution import data as data_module
-    from involution import models as models_module
-    from involution import report
 
     started = time.perf_counter()
-    for name in models:
-        if name not in models_module.list_models():
-            raise CompareError(
-                f"Unknown model {name!r}. Available: {', '.join(models_module.list_models())}"
-            )
+    check_settings(models, epochs, batch_size, learning_rate, limit)
     if resume and output is None:
         output = latest_run()
         if output is None:
@@ -75,43 +161,55 @@ def run_compare(
         "data": os.path.abspath(data) if data else "keras.datasets.cifar10",
         "backend": keras.backend.backend(),
     }
-    run_path = os.path.join(output, RUN_FILE)
-    if os.path.exists(run_path):
-        with open(run_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if not resume:
-            raise CompareError(
-                f"{output} already holds a run. Use --resume to continue it, or another --output."
-            )
-        changed = [k for k in RESUME_KEYS if previous.get(k) != settings[k]]
-        if changed:
-            raise CompareError(
-                f"Cannot resume {output}: these settings differ from the original run: "
-                + ", ".join(f"{k} (was {previous.get(k)!r}, now {settings[k]!r})" for k in changed)
-            )
-        settings["started"] = previous["started"]
-    else:
-        settings["started"] = datetime.datetime.now().isoformat(timespec="seconds")
-    os.makedirs(output, exist_ok=True)
-    settings["command"] = "involution " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "run_compare()"
-    atomic_write_json(run_path, settings)
+    prepare_output(output)
+    try:
+        lock = FolderLock(output).acquire()
+    except LockedError as error:
+        raise CompareError(
+            f"Another involution process (pid {error}) is running in {output}; wait for it, or pass another --output."
+        ) from None
+    try:
+        remove_stale_files(output)
+        settings["started"] = resume_policy(output, settings, resume)
+        dataset = data_module.load_dataset(data, cache_dir=cache_dir, progress=verbose > 0)
+        dataset = dataset.subset(limit, seed=seed)
+        log(f"Data: {dataset.source}: {len(dataset.x_train):,} training and {len(dataset.x_test):,} test images.")
+        # Recorded only now: a run whose data did not load leaves nothing
+        # that would block its rerun.
+        settings["command"] = command or "run_compare()"
+        atomic_write_json(os.path.join(output, RUN_FILE), settings)
+        histories = train_all(models, dataset, settings, output, verbose, log)
+        write_report(output, settings, histories, dataset, started)
+    finally:
+        lock.release()
+    log("\n" + report.format_table(report.SUMMARY_HEADER, report.summary_rows(histories)))
+    log(f"\nReport: {os.path.join(output, 'report.html')} (and report.md)")
+    return output, histories
 
-    dataset = data_module.load_dataset(data, cache_dir=cache_dir, progress=verbose > 0)
-    dataset = dataset.subset(limit, seed=seed)
-    log(f"Data: {dataset.source}: {len(dataset.x_train):,} training and {len(dataset.x_test):,} test images.")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, learning_rate=learning_rate)
 
+def train_all(models, dataset, settings, output, verbose, log):
+    """Trains every model of the run in turn; returns their histories."""
+    from involution import models as models_module
+    from involution.training import TrainConfig, train_model
+
+    config = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
+                         learning_rate=settings["learning_rate"])
     histories = []
     for name in models:
         log(f"\n=== {name}: {models_module.describe_model(name)}")
-        histories.append(
-            train_model(name, dataset, config, os.path.join(output, name), verbose=verbose, log=log)
-        )
+        histories.append(train_model(name, dataset, config, os.path.join(output, name), verbose=verbose, log=log))
+    return histories
 
-    trained = {}
-    for name in models:
-        trained[name] = keras.saving.load_model(os.path.join(output, name, "model.keras"))
-    settings.update(
+
+def write_report(output, settings, histories, dataset, started):
+    """Reloads the trained models and writes the report of the run."""
+    import keras
+
+    from involution import models as models_module
+
+    trained = {h["model"]: keras.saving.load_model(os.path.join(output, h["model"], "model.keras")) for h in histories}
+    settings = dict(
+        settings,
         environment=report.environment(),
         train_size=len(dataset.x_train),
         test_size=len(dataset.x_test),
@@ -121,12 +219,10 @@ def run_compare(
     # Summaries of fresh, uncompiled models: the per-layer table without the
     # optimizer's variables that a trained model's summary adds.
     summaries = {
-        name: report.model_summary_text(
-            models_module.create_model(name, input_shape=dataset.x_train.shape[1:], num_classes=len(dataset.class_names))
+        h["model"]: report.model_summary_text(
+            models_module.create_model(h["model"], input_shape=dataset.x_train.shape[1:],
+                                       num_classes=len(dataset.class_names))
         )
-        for name in models
+        for h in histories
     }
     report.write_report(output, settings, histories, trained, dataset, summaries)
-    log("\n" + report.format_table(report.SUMMARY_HEADER, report.summary_rows(histories)))
-    log(f"\nReport: {os.path.join(output, 'report.html')} (and report.md)")
-    return output, [read_history(os.path.join(output, name)) for name in models]

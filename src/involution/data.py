@@ -11,20 +11,33 @@
 
 Decoding an image tree is slow, so the decoded arrays are cached (`.npz`) in
 the user's cache folder, keyed by the source's path, size and modification
-time: a changed source is decoded again.
+time: a changed source is decoded again, an unreadable cache file is
+rebuilt, and a cache folder that cannot be written leaves the arrays in
+memory (with a warning).
+
+Every file is untrusted: pickled batches are read by an unpickler that
+builds only what the official files hold (dicts, lists, strings, numbers,
+NumPy arrays), and a truncated archive, a malformed batch or labels
+outside the classes are a `DataError` naming the file.
 """
 
 import dataclasses
+import glob
 import hashlib
 import io
 import os
 import pickle
 import tarfile
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
+from involution import cache
+from involution.cache import CACHE_ENV
+
 DATA_ENV = "INVOLUTION_DATA"
-CACHE_ENV = "INVOLUTION_CACHE"
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -35,6 +48,20 @@ CACHE_VERSION = 1
 
 class DataError(ValueError):
     """A data source that cannot be read, with the offending file named."""
+
+
+# What an official CIFAR batch (a dict of lists, strings and one uint8
+# array) needs from the unpickler, under NumPy 1 and 2 module names; it may
+# build nothing else.
+_PICKLE_GLOBALS = {
+    (module, name)
+    for package in ("numpy.core", "numpy._core")
+    for module, name in (
+        (f"{package}.multiarray", "_reconstruct"),
+        (f"{package}.multiarray", "scalar"),
+        (f"{package}.numeric", "_frombuffer"),
+    )
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 
 @dataclasses.dataclass
@@ -63,10 +90,7 @@ class Dataset:
 
 
 def default_cache_dir():
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "involution")
+    return cache.cache_dir()
 
 
 def load_dataset(path=None, cache_dir=None, progress=True):
@@ -93,13 +117,22 @@ def load_dataset(path=None, cache_dir=None, progress=True):
         raise DataError(f"The data path does not exist: {path}")
     cache_dir = cache_dir or default_cache_dir()
     cache_file = os.path.join(cache_dir, f"cifar-{_source_key(path)}.npz")
+    _remove_stale_temporaries(cache_dir)
     if os.path.exists(cache_file):
         try:
-            return _read_cache(cache_file, path)
-        except (OSError, ValueError, KeyError):
-            pass  # An unreadable cache is rebuilt below.
-    dataset = _decode(path, progress)
-    _write_cache(cache_file, dataset)
+            return _validated(_read_cache(cache_file, path), cache_file)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, DataError):
+            pass  # A truncated or stale cache file is rebuilt below.
+    dataset = _validated(_decode(path, progress), path)
+    try:
+        _write_cache(cache_file, dataset)
+    except OSError as error:
+        warnings.warn(
+            f"Cannot write the data cache {cache_file} ({error.strerror or error}); the decoded images stay in "
+            f"memory only. Pass --cache-dir (or set {CACHE_ENV}) to a writable folder to keep them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return dataset
 
 
@@ -147,15 +180,43 @@ def _read_cache(cache_file, path):
 
 
 def _write_cache(cache_file, dataset):
-    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    tmp = f"{cache_file}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    from involution.files import atomic_writer
+
+    cache.make_private_dirs(os.path.dirname(cache_file))
+    with atomic_writer(cache_file, "wb") as f:
         np.savez(
             f, x_train=dataset.x_train, y_train=dataset.y_train,
             x_test=dataset.x_test, y_test=dataset.y_test,
             class_names=np.array(dataset.class_names),
         )
-    os.replace(tmp, cache_file)
+
+
+def _remove_stale_temporaries(cache_dir):
+    """Deletes cache files half-written by processes that no longer run."""
+    from involution.files import remove_stale_temporaries
+
+    remove_stale_temporaries(glob.glob(os.path.join(glob.escape(cache_dir), "cifar-*.tmp")))
+
+
+def _validated(dataset, name):
+    """`dataset`, once its arrays agree with each other and with its classes."""
+    classes = len(dataset.class_names)
+    if classes < 2:
+        raise DataError(
+            f"{name} holds {classes} class ({', '.join(dataset.class_names) or 'none'}); a classifier needs at "
+            "least two."
+        )
+    for split, images, labels in (("training", dataset.x_train, dataset.y_train),
+                                  ("test", dataset.x_test, dataset.y_test)):
+        if len(images) != len(labels):
+            raise DataError(f"{name}: {len(images)} {split} images but {len(labels)} labels.")
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            bad = labels[(labels < 0) | (labels >= classes)][0]
+            raise DataError(
+                f"{name}: a {split} label is {bad}; labels must lie in 0..{classes - 1} "
+                f"(one per class: {', '.join(dataset.class_names)})."
+            )
+    return dataset
 
 
 def _decode(path, progress):
@@ -168,12 +229,35 @@ def _decode(path, progress):
             f"{path} is neither a folder nor a .tar.gz archive; expected "
             "cifar-10-python.tar.gz, cifar-10-batches-py/, or an image-folder tree."
         )
-    with tarfile.open(path, "r:*") as archive:
-        members = [m for m in archive.getmembers() if m.isfile()]
-        names = {os.path.basename(m.name) for m in members}
-        if "data_batch_1" in names and "test_batch" in names:
-            return _from_pickled_tar(archive, members, path)
-        return _from_image_tree(_TarTree(archive, members), path, progress)
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = [m for m in archive.getmembers() if m.isfile()]
+            _check_complete(archive, path)
+            names = {os.path.basename(m.name) for m in members}
+            if "data_batch_1" in names and "test_batch" in names:
+                return _from_pickled_tar(archive, members, path)
+            return _from_image_tree(_TarTree(archive, members), path, progress)
+    except (EOFError, tarfile.TarError, zlib.error, OSError) as error:
+        raise _truncated(path, error) from None
+
+
+def _truncated(path, error):
+    return DataError(
+        f"The archive {path} is truncated or corrupt ({type(error).__name__}: {error}); download or copy it again."
+    )
+
+
+def _check_complete(archive, path):
+    """Raises unless the archive ends with tar's end-of-archive marker.
+
+    A tar cut between two members reads as a shorter, valid archive; only
+    the two zero blocks that close every archive tell it from a whole one.
+    """
+    # After reading every header, `offset` is the end of the last member.
+    archive.fileobj.seek(archive.offset)
+    marker = archive.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise _truncated(path, EOFError("no end-of-archive marker after the last member"))
 
 
 # Pickled batches (the official python version) -----------------------------
@@ -210,11 +294,26 @@ def _from_pickled_tar(archive, members, path):
     return _assemble_pickled(read, path)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and NumPy arrays, nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"it refers to {module}.{name}, which a CIFAR-10 batch never holds (only dicts, lists, strings, "
+            "numbers and NumPy arrays are read)"
+        )
+
+
 def _unpickle(raw, name):
     try:
-        return pickle.loads(raw, encoding="bytes")
-    except Exception as error:  # noqa: BLE001
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:  # noqa: BLE001 - any failure means "not a batch"
         raise DataError(f"Cannot read the CIFAR-10 batch {name}: {error}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"The CIFAR-10 batch {name} holds a {type(batch).__name__}; expected a dict.")
+    return batch
 
 
 def _batch_arrays(batch, name):
@@ -222,14 +321,20 @@ def _batch_arrays(batch, name):
     labels = batch.get(b"labels")
     if data is None or labels is None:
         raise DataError(f"The CIFAR-10 batch {name} has no 'data' or 'labels' entry.")
-    data = np.asarray(data, np.uint8)
+    try:
+        data = np.asarray(data, np.uint8)
+        labels = np.asarray(labels, np.int64)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"The CIFAR-10 batch {name} holds non-numeric data or labels ({error}).") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(
             f"The CIFAR-10 batch {name} holds images of {data.shape[1:]} values; "
             "expected 3072 (32x32 RGB)."
         )
+    if labels.shape != (len(data),):
+        raise DataError(f"The CIFAR-10 batch {name} holds {len(data)} images but {labels.size} labels.")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, np.asarray(labels, np.int64)
+    return images, labels
 
 
 def _assemble_pickled(read, path):
@@ -285,11 +390,16 @@ class _TarTree:
 
 
 def _split_parts(relative):
-    """(split, class) of a path like [prefix/]train/<class>/<file>."""
+    """(split, class) of a path like [prefix/]train/<class>/[...]/<file>.
+
+    Images in sub-folders of a class folder belong to that class, as in
+    `keras.utils.image_dataset_from_directory`; the class is None for an
+    image directly under train/ or test/, and the split None outside them.
+    """
     parts = [p for p in relative.split("/") if p not in ("", ".")]
-    for i, part in enumerate(parts[:-2]):
-        if part in ("train", "test") and i + 3 == len(parts):
-            return part, parts[i + 1]
+    for i, part in enumerate(parts[:-1]):
+        if part in ("train", "test"):
+            return part, (parts[i + 1] if i + 2 < len(parts) else None)
     return None, None
 
 
@@ -302,6 +412,11 @@ def _from_image_tree(tree, path, progress):
         if not relative.lower().endswith(IMAGE_SUFFIXES):
             continue
         split, label = _split_parts(relative)
+        if split is not None and label is None:
+            raise DataError(
+                f"Image {tree.describe(handle)} lies directly in {split}/; every image must be inside a class "
+                f"folder ({split}/<class>/...)."
+            )
         if split is not None:
             entries[split].append((label, handle))
     for split in ("train", "test"):
@@ -319,7 +434,8 @@ def _from_image_tree(tree, path, progress):
     class_index = {name: i for i, name in enumerate(train_classes)}
 
     total = len(entries["train"]) + len(entries["test"])
-    bar = tqdm(total=total, desc="Decoding images", unit="img", disable=not progress)
+    # On a terminal only (None: tqdm asks), where a bar can redraw itself.
+    bar = tqdm(total=total, desc="Decoding images", unit="img", disable=None if progress else True)
     arrays = {}
     expected_shape = None
     for split in ("train", "test"):

@@ -8,11 +8,12 @@ import base64
 import html
 import os
 import platform
+import re
 import sys
 
 import numpy as np
 
-from involution.training import atomic_write_text
+from involution.files import atomic_write_text
 
 CURVES_PNG = "curves.png"
 KERNELS_PNG = "kernels.png"
@@ -210,6 +211,10 @@ def summarize(history):
     accuracy = [e.get("val_accuracy", np.nan) for e in epochs]
     loss = [e.get("val_loss", np.nan) for e in epochs]
     times = [e["time_s"] for e in epochs]
+    # An epoch that a process trained first includes compiling the step
+    # (every resume starts one); the median of the others is the steady
+    # state, where there are any.
+    steady = [e["time_s"] for e in epochs if not e.get("first_in_process", e is epochs[0])]
     finite_acc = [a for a in accuracy if np.isfinite(a)]
     finite_loss = [v for v in loss if np.isfinite(v)]
     return {
@@ -217,8 +222,8 @@ def summarize(history):
         "best_accuracy": max(finite_acc) if finite_acc else None,
         "final_loss": loss[-1],
         "best_loss": min(finite_loss) if finite_loss else None,
-        # The first epoch includes compilation; the median is the steady state.
-        "epoch_time": float(np.median(times)),
+        "epoch_time": float(np.median(steady or times)),
+        "epoch_time_includes_compilation": not steady,
         "first_epoch_time": times[0],
         "epochs": len(epochs),
     }
@@ -233,7 +238,8 @@ def summary_rows(histories):
             history["model"], f"{p['total']:,}", f"{p['trainable']:,}",
             f"{s['epochs']}/{history['epochs_planned']}", _fmt_pct(s["final_accuracy"]),
             _fmt_pct(s["best_accuracy"]), _fmt(s["final_loss"]),
-            "–" if s["epoch_time"] is None else f"{s['epoch_time']:.1f} s",
+            "–" if s["epoch_time"] is None
+            else f"{s['epoch_time']:.1f} s" + (" (with compilation)" if s["epoch_time_includes_compilation"] else ""),
             history["status"],
         ])
     return rows
@@ -241,6 +247,13 @@ def summary_rows(histories):
 
 SUMMARY_HEADER = ["model", "parameters", "trainable", "epochs", "final test acc.",
                   "best test acc.", "final test loss", "time / epoch (median)", "status"]
+
+
+def _epochs_done(histories):
+    done = sorted({len(h["epochs"]) for h in histories})
+    if len(done) == 1:
+        return f"{done[0]} epoch{'s' if done[0] != 1 else ''}"
+    return "epochs as in the table"
 
 
 def format_table(header, rows):
@@ -257,8 +270,9 @@ def build_blocks(run, histories, summaries_text, figures):
     blocks.append(("p", (
         "Each model was trained with the Keras example's recipe: pixels scaled to [0, 1], "
         f"shuffled every epoch, batch {run['batch_size']}, Adam (learning rate {run['learning_rate']}), "
-        f"sparse categorical cross-entropy from logits, {run['epochs']} epochs, evaluated on the "
-        "test set after every epoch.")))
+        f"sparse categorical cross-entropy from logits, {_epochs_done(histories)}, evaluated on the "
+        "test set after every epoch. The time per epoch leaves out the epochs that include compiling "
+        "the training step (the first of every invocation).")))
     blocks.append(("h2", "Run"))
     blocks.append(("table", (["setting", "value"], [
         ["command", run["command"]],
@@ -308,28 +322,48 @@ def build_blocks(run, histories, summaries_text, figures):
     return blocks
 
 
-def _md_cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# Characters that Markdown reads as markup (or as HTML) anywhere in a line.
+_MARKDOWN_SPECIAL = "\\`*_[]<>|~#"
+
+
+def markdown_escape(text):
+    """`text` as literal Markdown: markup characters (HTML's `<` and `>`
+    too) backslash-escaped, `&` as an entity, line breaks as spaces (names
+    and paths are data)."""
+    text = str(text).replace("&", "&amp;").replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+
+
+def _markdown_bold(text):
+    """A paragraph whose only markup is `**bold**`, the rest escaped."""
+    return "**".join(markdown_escape(part) for part in text.split("**"))
+
+
+def _fence(text):
+    """A code fence longer than any run of backticks in `text`."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def render_markdown(blocks):
     out = []
     for kind, payload in blocks:
         if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + payload)
+            out.append("#" * int(kind[1]) + " " + markdown_escape(payload))
         elif kind == "p":
-            out.append(payload)
+            out.append(_markdown_bold(payload))
         elif kind == "pre":
-            out.append("```\n" + payload + "\n```")
+            fence = _fence(payload)
+            out.append(f"{fence}\n{payload}\n{fence}")
         elif kind == "table":
             header, rows = payload
-            lines = ["| " + " | ".join(map(_md_cell, header)) + " |",
+            lines = ["| " + " | ".join(map(markdown_escape, header)) + " |",
                      "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+            lines += ["| " + " | ".join(map(markdown_escape, row)) + " |" for row in rows]
             out.append("\n".join(lines))
         elif kind == "img":
             path, alt = payload
-            out.append(f"![{alt}]({os.path.basename(path)})")
+            out.append(f"![{markdown_escape(alt)}]({os.path.basename(path)})")
     return "\n\n".join(out) + "\n"
 
 

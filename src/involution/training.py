@@ -8,22 +8,29 @@ Layout of a model's folder (`<output>/<model name>/`):
   while training runs. It is written before the history that names it, and
   the previous one is deleted only after, so a kill at any moment leaves a
   history and a checkpoint that agree.
-- `model.keras`: the trained model, once finished (the checkpoint is then
-  removed).
+- `model.keras`: the trained model and its optimizer state, once finished
+  (the checkpoint is then removed). A later run asking for more epochs
+  continues from it.
 
 Each epoch's shuffle is drawn from `(seed, epoch)` rather than from a global
 random state, so a run interrupted after epoch k and resumed visits the same
 batches in the same order as an uninterrupted one, and ends at the same
-weights.
+weights. The first epoch that a process trains includes compiling the
+step; it is marked (`"first_in_process"`) so that reports can leave it out
+of the time per epoch.
 """
 
 import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
+import keras
 import numpy as np
+
+from involution.files import atomic_save_model, atomic_write_json
 
 HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
@@ -39,30 +46,18 @@ class TrainConfig:
     learning_rate: float = 1e-3
 
 
-def atomic_write_text(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path, data):
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
-
-
-def atomic_save_model(model, path):
-    # Keras insists on the .keras suffix, so the temporary name keeps it.
-    tmp = f"{path[: -len('.keras')]}.{os.getpid()}.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def read_history(model_dir):
+    """The history in `model_dir`, or None; null metrics read back as NaN."""
     path = os.path.join(model_dir, HISTORY_FILE)
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        history = json.load(f)
+    for epoch in history.get("epochs", []):
+        for key, value in epoch.items():
+            if value is None:
+                epoch[key] = math.nan
+    return history
 
 
 def parameter_counts(model):
@@ -72,13 +67,53 @@ def parameter_counts(model):
 
 
 def compile_model(model, config):
-    import keras
-
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """`Epoch k/N` and one line per epoch, for one `fit` call of a run.
+
+    Training runs one `fit` call per epoch (each epoch's order is drawn from
+    the seed), so Keras' own progress bar would count every call as epoch
+    1 of 1; this one knows the run's epochs. Within an epoch a transient bar
+    counts the batches where the output is a terminal.
+    """
+
+    def __init__(self, epoch, epochs, name, log=print, stream=None):
+        super().__init__()
+        self.epoch, self.epochs, self.name, self.log = epoch, epochs, name, log
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.params.get("steps"), desc=f"[{self.name}] Epoch {self.epoch}/{self.epochs}",
+                            unit="batch", leave=False, file=self.stream)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.log(f"[{self.name}] Epoch {self.epoch}/{self.epochs}: " + format_metrics(logs or {}))
+
+
+def format_metrics(metrics):
+    parts = []
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in metrics:
+            value = float(metrics[key])
+            parts.append(f"{key} {100 * value:.2f}%" if key.endswith("accuracy") else f"{key} {value:.4f}")
+    return ", ".join(parts)
 
 
 def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_kwargs):
@@ -89,29 +124,34 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
         dataset: an `involution.data.Dataset`.
         config: a `TrainConfig`.
         model_dir: the model's folder (created if needed).
-        verbose: Keras' `fit` verbosity (1: progress bars).
+        verbose: 1: a line per epoch (and a batch bar on a terminal);
+            0: nothing.
         log: where one-line messages go.
         **model_kwargs: passed to `create_model`.
 
     Returns:
         The history dict (as written to `history.json`). Its `status` is
         `"finished"`, or `"nan"` when the loss became NaN (training of this
-        model stops there; the message says when).
+        model stops there; the message says when). A finished model asked
+        for more epochs than it has trains on from its saved state.
     """
-    import keras
-
     from involution.models import create_model
 
     os.makedirs(model_dir, exist_ok=True)
     history = read_history(model_dir)
     model_path = os.path.join(model_dir, MODEL_FILE)
     history_path = os.path.join(model_dir, HISTORY_FILE)
-    if history and history["status"] in ("finished", "nan") and os.path.exists(model_path):
-        log(f"[{name}] already trained ({history['status']}); not retraining.")
+    done = history and os.path.exists(model_path) and history["status"] in ("finished", "nan")
+    if done and (history["status"] == "nan" or len(history["epochs"]) >= config.epochs):
+        log(f"[{name}] already trained ({history['status']}, {len(history['epochs'])} epochs); not retraining.")
         return history
 
     checkpoint = history and history.get("checkpoint")
-    if checkpoint and os.path.exists(os.path.join(model_dir, checkpoint)):
+    if done:
+        model = keras.saving.load_model(model_path)
+        history["status"] = "running"
+        log(f"[{name}] continuing after epoch {len(history['epochs'])} of {config.epochs}.")
+    elif checkpoint and os.path.exists(os.path.join(model_dir, checkpoint)):
         model = keras.saving.load_model(os.path.join(model_dir, checkpoint))
         log(f"[{name}] resuming after epoch {len(history['epochs'])} of {config.epochs}.")
     else:
@@ -133,8 +173,12 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
     y_train = dataset.y_train
     x_test = dataset.x_test.astype("float32") / 255.0
     y_test = dataset.y_test
-    for epoch in range(len(history["epochs"]), config.epochs):
+    first = len(history["epochs"])
+    for epoch in range(first, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
+        callbacks = [keras.callbacks.TerminateOnNaN()]
+        if verbose:
+            callbacks.append(EpochProgress(epoch + 1, config.epochs, name, log=log))
         started = time.perf_counter()
         result = model.fit(
             x_train[order].astype("float32") / 255.0,
@@ -144,12 +188,14 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
             initial_epoch=epoch,
             shuffle=False,
             validation_data=(x_test, y_test),
-            callbacks=[keras.callbacks.TerminateOnNaN()],
-            verbose=verbose,
+            callbacks=callbacks,
+            verbose=0,
         )
         seconds = time.perf_counter() - started
         metrics = {key: float(values[-1]) for key, values in result.history.items()}
-        history["epochs"].append({"epoch": epoch + 1, **metrics, "time_s": seconds})
+        history["epochs"].append(
+            {"epoch": epoch + 1, **metrics, "time_s": seconds, "first_in_process": epoch == first}
+        )
         if not all(math.isfinite(v) for v in metrics.values()):
             history["status"] = "nan"
             history["message"] = (

@@ -4,7 +4,9 @@ The PyTorch backend builds them into an extension with PyTorch's builder
 (`torch_backend`), the JAX backend into a plain shared library of XLA FFI
 handlers (`shared_library`, here). Both compile with `-march=native`, so a
 build belongs to one kind of CPU: its cache key holds the CPU's instruction
-sets and the sources' contents.
+sets and the sources' contents. Builds live in the private folder
+`<cache>/kernels` (`involution.cache`): a library that another user could
+have planted is never loaded, but rebuilt in a fresh private folder.
 """
 
 import hashlib
@@ -13,6 +15,8 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
+
+from involution import cache
 
 KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
@@ -32,6 +36,29 @@ def build_key(*sources):
     return digest.hexdigest()[:12]
 
 
+def kernel_dir(cache_dir=None, library=None):
+    """The private folder for compiled kernels (`<cache>/kernels`).
+
+    Args:
+        cache_dir: the folder to use instead of `<cache>/kernels`.
+        library: the file name of a build that the caller will load from
+            the folder if it exists; it must be the user's own too.
+
+    Returns:
+        The folder, or a fresh private one (with a warning) where the
+        folder or the library in it could be another user's.
+    """
+
+    def library_problem(folder):
+        if library is None or not os.path.lexists(os.path.join(folder, library)):
+            return None
+        path = os.path.join(folder, library)
+        problem = cache.unsafe(path)
+        return f"its {library} {problem}" if problem else None
+
+    return Path(cache.private_dir(cache_dir or os.path.join(cache.cache_dir(), "kernels"), library_problem))
+
+
 def shared_library(source, include_dirs=(), cache_dir=None):
     """Compiles `source` into a shared library once per machine and source.
 
@@ -48,17 +75,14 @@ def shared_library(source, include_dirs=(), cache_dir=None):
     Raises:
         RuntimeError: no C++ compiler, or the build failed (its messages).
     """
-    from involution.data import default_cache_dir
-
     source = Path(source)
-    cache_dir = Path(cache_dir or os.path.join(default_cache_dir(), "kernels"))
-    target = cache_dir / f"{source.stem}_{build_key(source)}.so"
+    name = f"{source.stem}_{build_key(source)}.so"
+    target = kernel_dir(cache_dir, name) / name
     if target.exists():
         return target
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name and renamed: a concurrent or interrupted
     # build never leaves a half-written library under the final name.
     partial = target.with_name(f"{target.stem}.{os.getpid()}.partial")

@@ -60,8 +60,13 @@ def _build_extension():
     try:
         from torch.utils import cpp_extension
 
+        name = f"involution_cpu_{native.build_key(_SOURCE)}"
+        # PyTorch's builder loads `<build_directory>/<name>.so` and runs the
+        # folder's build file: both must be the user's own.
+        build_directory = native.kernel_dir(native.kernel_dir() / "torch" / name, library=f"{name}.so")
         return cpp_extension.load(
-            name=f"involution_cpu_{native.build_key(_SOURCE)}",
+            name=name,
+            build_directory=str(build_directory),
             sources=[str(_SOURCE)],
             extra_cflags=native.CXX_FLAGS,
             extra_ldflags=["-fopenmp"],

@@ -1,0 +1,83 @@
+"""The `involution` command (`involution_cli`, then `involution.cli`)."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import keras
+import pytest
+
+from tests import synthetic_data as synth
+
+# The console script's code, with some modules made unimportable (as in an
+# install without them); it reports whether Keras was imported.
+LAUNCH = textwrap.dedent("""
+    import sys
+    for name in sys.argv[1].split(","):
+        if name:
+            sys.modules[name] = None
+    import involution_cli
+    try:
+        code = involution_cli.main(sys.argv[2:])
+    except SystemExit as exit:
+        code = exit.code
+    print("keras imported:", "keras" in sys.modules and sys.modules["keras"] is not None)
+    sys.exit(code)
+""")
+OTHER_BACKEND = next(b for b in ("jax", "torch") if b != "tensorflow")
+
+
+def involution(*args, blocked=(), env=None, timeout=600):
+    environment = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-c", LAUNCH, ",".join(blocked), *args], capture_output=True, text=True,
+                          env=environment, timeout=timeout)
+
+
+def test_help_and_argument_errors_do_not_import_keras():
+    done = involution("--help", blocked=["tensorflow"])
+    assert done.returncode == 0 and "compare" in done.stdout
+    assert "keras imported: False" in done.stdout
+    done = involution("compare", "--learning-rate", "nan", blocked=["tensorflow"])
+    assert done.returncode == 2
+    assert "argument --learning-rate: expected a positive finite number. Received: nan" in done.stderr
+    assert "keras imported: False" in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_runs_without_tensorflow(tmp_path, backend):
+    pytest.importorskip(backend)
+    done = involution("demo", "--backend", backend, "--batch", "1", "--size", "8", blocked=["tensorflow"],
+                      env={"KERAS_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"backend {backend}" in done.stdout and "stride 2" in done.stdout
+
+
+def test_without_a_choice_the_first_installed_backend_runs(tmp_path):
+    # No KERAS_BACKEND, no keras.json, TensorFlow missing.
+    done = involution("demo", "--batch", "1", "--size", "8", blocked=["tensorflow"], env={"KERAS_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "backend jax" in done.stdout
+    done = involution("demo", "--backend", "tensorflow", blocked=["tensorflow"], env={"KERAS_HOME": str(tmp_path)})
+    assert done.returncode == 2
+    assert "error: the Keras backend 'tensorflow' is not installed; pass --backend jax or torch" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_compare_shows_the_runs_epochs_and_no_framework_logs(tmp_path):
+    source = synth.make_image_tree(str(tmp_path / "tree"), train=12, test=6)
+    done = involution("compare", "--data", source, "--epochs", "2", "--batch-size", "8", "--models", "conv",
+                      "--output", str(tmp_path / "out"), "--backend", keras.backend.backend(),
+                      env={"INVOLUTION_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[conv] Epoch 1/2: loss" in done.stdout and "[conv] Epoch 2/2: loss" in done.stdout
+    assert "Epoch 1/1" not in done.stdout + done.stderr
+    # C++ log lines (TensorFlow, XLA, absl) and the frameworks' warnings.
+    noise = [line for line in done.stderr.splitlines()
+             if re.match(r"[IWEF]\d{4} |WARNING: All log messages|.*(oneDNN|UserWarning|absl)", line)]
+    assert not noise, noise
+    report = open(tmp_path / "out" / "report.md", encoding="utf-8").read()
+    assert "| command | involution compare --data" in report
