@@ -132,12 +132,7 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
     Args:
         input_shape, num_classes: the data's.
         stem_width: channels of the stem. Its 1x1 convolution runs at
-            full resolution and costs time in proportion: with two
-            threads, 32 channels took 1.54x the conv model's training step
-            (with 32 channels per group in the blocks), 48 1.94x, 64 2.30x.
-            Over the example's 20 epochs 48 channels tested about half a
-            point higher than 32 on average over the last ten epochs
-            (`docs/results/README.md`).
+            full resolution, so its cost grows with this width.
         stem_groups: kernels per pixel of the stem's involution. Its input
             is a 1x1 mix of the 3 colour channels, so each kernel filters a
             different colour mix. 6 groups of 8 channels by default: the
@@ -146,50 +141,32 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
         stem_stride: 2 for a stride-2 stem involution (its kernels are
             generated from 2x2 average-pooled input), 1 for a stride-1 one
             at full resolution followed by 2x2 max pooling (as the conv
-            model pools after its first convolution). Same parameters;
-            over the example's 20 epochs on CIFAR-10 the stride-2 stem
-            trained 10% faster per epoch and ended 1.1 points higher
-            (68.0% against 66.9%; `docs/results/README.md`).
+            model pools after its first convolution). Same parameters.
         widths: channels per stage.
         blocks: residual blocks per stage.
         kernel_size: the involutions' kernel size: one for all, or a tuple
             with one per stage (the stem takes the first stage's). By
             default 3x3 at 16x16 and 7x7 at 8x8, where a large window
-            costs little and gains most.
+            costs little.
         group_channels: channels sharing one kernel (per group / head) in
             the residual blocks: 32 by default (2 kernels per pixel at
-            16x16, 4 at 8x8), twice the paper's 16. Over the example's 20
-            epochs on CIFAR-10, 8 channels per group fit the training set
-            most and tested lowest, 64 learned slowest, and 32 tested
-            about a point above 16 on average over the last ten epochs,
-            with fewer parameters and a cheaper step.
+            16x16, 4 at 8x8), twice the paper's 16.
         hidden_units: None for global average pooling straight to the
             logits, or the width of a hidden dense layer after flattening
-            (the example's head; it overfits: it held three quarters of the
-            parameters of this network's first version).
+            (the Keras example's head).
         batch_norm_momentum: momentum of every batch normalization's
             moving statistics, the kernel generators' included. Far below
-            Keras' 0.99: Adam at a constant learning rate still moves the
-            weights quickly at the end of the example's 20 epochs, and
-            statistics averaged over the last steps lag behind them. At
-            0.97 (about 30 steps) that lag cost about two points of test
-            accuracy: recomputing the statistics at a checkpoint's weights
-            from a single training batch lifted it from 69.3% to 70.9%
-            (from 10 batches, 71.5%). At 0.5 they follow the weights within
-            a step or two; the moving statistics do not affect training,
-            so this changes inference only (`docs/results/README.md`).
+            Keras' 0.99, so that the statistics follow weights that Adam
+            at a constant learning rate still moves quickly at the end of
+            a short schedule; they do not affect training, only inference.
         dynamic_init_scale: how the paper's kernel generators start: their
             input-dependent kernel weights at this fraction of Glorot's
             amplitude, plus a random static kernel per group (the
             generator's bias, N(0, 1/K^2) per tap), so that each involution
             starts as a fixed depthwise filter that learns to vary. None
             for the paper's initialisation (no static kernel), whose random
-            per-pixel kernels scramble every neighbourhood at first: with
-            it, the first epoch reaches 38.6% test accuracy, with 0.1
-            50.6% (the conv model: 50.9%).
-        dropout: dropout rate before the logits (0 for none). For longer
-            schedules: over the example's 20 epochs, 0.3 slowed learning
-            (48.6% against 58.6% test accuracy after 4 epochs).
+            per-pixel kernels scramble every neighbourhood at first.
+        dropout: dropout rate before the logits (0 for none).
         block_dropout: dropout rate on each residual branch before the
             addition (0 for none).
         normalization: how the 1x1 convolutions are normalised:

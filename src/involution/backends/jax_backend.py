@@ -347,9 +347,9 @@ def _input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation
 
 
 # With fewer channels per group than this (the Keras example's 3), XLA's own
-# autodiff of the reference is faster than either custom gradient (seed
-# shape, `bench_involution.py`: 41 ms, against 87 ms for the C++ loops, whose
-# vectors are 8 channels wide), so `"auto"` runs the reference there.
+# autodiff of the reference is faster than either custom gradient (the C++
+# loops' vectors are 8 channels wide; `docs/design.md`), so `"auto"` runs
+# the reference there.
 MIN_GROUP_CHANNELS = 8
 
 
