@@ -273,9 +273,9 @@ def train_worker(data, limit, epochs, batch_size, model_names=("conv", "involuti
     import keras
     import numpy as np
 
-    from involution.data import load_dataset
+    from involution.app.data import load_dataset
     from involution.models import create_model
-    from involution.training import TrainConfig, compile_model
+    from involution.app.training import TrainConfig, compile_model
 
     if data:
         dataset = load_dataset(data, progress=False).subset(limit, seed=0)

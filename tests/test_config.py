@@ -89,7 +89,7 @@ def test_bad_switch_arguments():
 
 def test_fast_raises_where_a_fast_path_cannot_run():
     from involution.attention import window_logits
-    from involution.networks import MaxPooling2D
+    from involution.pooling import MaxPooling2D
     from involution.normalization import BatchNormalization
 
     queries = keras.ops.zeros((1, 4, 4, 2, 3))

@@ -1,22 +1,33 @@
 """Involutional neural networks for Keras 3 (TensorFlow, JAX, PyTorch).
 
-Importing this package loads Keras and nothing else: no data, no downloads.
-It registers every serializable class of the package with Keras, so that a
-saved model (an attention network, a RedNet) loads after `import involution`.
+The library: the `Involution` layer and its kernel generators, the apply
+step (`involution.ops`) with its fast paths (`involution.backends`,
+switched in `involution.config`), and the layers around them
+(`normalization`, `pooling`); the model zoo, `involution.models`; the
+`involution compare` app, `involution.app`, which the library never
+imports.
+
+Importing this package loads Keras, NumPy and the backend, nothing else: no
+data, no downloads. It registers every serializable class of the library
+and the zoo with Keras, so that a saved model (an attention network, a
+RedNet) loads after `import involution`.
 """
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
-from involution import networks  # noqa: F401  (registers its MaxPooling2D)
+from involution.models import RedNet
+from involution.normalization import BatchNormalization
 from involution.ops import involution_apply
-from involution.rednet import RedNet
+from involution.pooling import MaxPooling2D
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormalization",
     "Involution",
     "InvolutionKernelGenerator",
     "LocalAttentionKernelGenerator",
+    "MaxPooling2D",
     "RedNet",
     "involution_apply",
     "__version__",

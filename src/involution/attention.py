@@ -19,6 +19,7 @@ from keras import ops
 
 from involution import ops as involution_ops
 from involution.config import check_implementation
+from involution.geometry import padding, tap_offsets
 from involution.layer import Involution, _check_input_shape, _positive_int
 
 
@@ -37,7 +38,7 @@ def window_logits(queries, keys, kernel_size, stride, dilation, implementation="
         is 1 where the tap lies inside the image (zero padding elsewhere).
     """
     if None in (*queries.shape[1:3], *keys.shape[1:3]):
-        pad = dilation * (kernel_size - 1) // 2
+        pad = padding(kernel_size, dilation)
         inside = ops.pad(ops.ones_like(keys[:1, :, :, :1, :1]), [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
         valid = ops.stack(
             [inside[window][..., 0] for window in _windows(queries, kernel_size, stride, dilation)], axis=-1
@@ -63,7 +64,7 @@ def _window_support(support, queries, keys):
 
 def _valid_taps(size, out_size, kernel_size, stride, dilation):
     """`(1, Ho, Wo, 1, K*K)` float mask of the taps inside an image of `size`."""
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
 
     def inside(out, extent):  # (out, K): does output position o's tap k read the image?
         reads = np.arange(out)[:, None] * stride - pad + np.arange(kernel_size)[None, :] * dilation
@@ -76,7 +77,7 @@ def _valid_taps(size, out_size, kernel_size, stride, dilation):
 
 def window_logits_reference(queries, keys, kernel_size, stride, dilation):
     """The `keras.ops` logits: one shifted view of the keys per window tap."""
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     padded = ops.pad(keys, [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
     return ops.stack(
         [ops.sum(queries * padded[window], axis=-1) for window in _windows(queries, kernel_size, stride, dilation)],
@@ -89,9 +90,7 @@ def _windows(queries, kernel_size, stride, dilation):
     out_h, out_w = ops.shape(queries)[1], ops.shape(queries)[2]
     row_span = (out_h - 1) * stride + 1
     col_span = (out_w - 1) * stride + 1
-    for tap in range(kernel_size * kernel_size):
-        row = (tap // kernel_size) * dilation
-        col = (tap % kernel_size) * dilation
+    for row, col in tap_offsets(kernel_size, dilation):
         yield (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
 
 

@@ -70,7 +70,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             the involution as a fixed depthwise filter that learns to vary
             (a random kernel per pixel scrambles the neighbourhood at
             initialisation, which slows early training; see
-            `involution.networks.involution_net`).
+            `involution.models.invnet.involution_net`).
         span_regularizer: regularizer of that kernel (None for none). An
             L2 penalty pulls the generated kernels towards the static bias
             kernel: it limits how much the kernels vary with the input.

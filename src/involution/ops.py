@@ -13,20 +13,9 @@ from keras import ops
 
 from involution import config
 from involution.config import IMPLEMENTATIONS, check_implementation
+from involution.geometry import output_size, padding, tap_offsets  # noqa: F401  (output_size: public here)
 
 DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def output_size(size, stride):
-    """Spatial output size of an involution: `ceil(size / stride)`.
-
-    The padding is symmetric, `dilation * (kernel_size - 1) // 2` per side,
-    which for odd kernel sizes makes this independent of kernel size and
-    dilation. `None` (unknown size) stays `None`.
-    """
-    if size is None:
-        return None
-    return -(-size // stride)
 
 
 def kernel_shape(input_shape, stride, taps, data_format):
@@ -266,12 +255,12 @@ def involution_apply_reference(
     channels_per_group = channels // groups
     taps = kernel_size * kernel_size
 
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     spatial = (1, 2) if channels_last else (2, 3)
-    padding = [[0, 0]] * 4
+    paddings = [[0, 0]] * 4
     for axis in spatial:
-        padding[axis] = [pad, pad]
-    padded = ops.pad(inputs, padding)
+        paddings[axis] = [pad, pad]
+    padded = ops.pad(inputs, paddings)
     height, width = (_static(padded.shape[axis]) for axis in spatial)
     out_height, out_width = (_static(ops.shape(kernel)[axis]) for axis in spatial)
     # With known sizes the group axis is split off, (B, H, W, G, C/G) or
@@ -293,9 +282,7 @@ def involution_apply_reference(
     col_span = (out_width - 1) * stride + 1
 
     output = None
-    for tap in range(taps):
-        row0 = (tap // kernel_size) * dilation
-        col0 = (tap % kernel_size) * dilation
+    for tap, (row0, col0) in enumerate(tap_offsets(kernel_size, dilation)):
         rows = slice(row0, row0 + row_span, stride)
         cols = slice(col0, col0 + col_span, stride)
         if channels_last:

@@ -3,7 +3,7 @@
 Keras reads `KERAS_BACKEND` once, when it is first imported, and importing
 the `involution` package imports Keras; so the command lives apart from the
 package, chooses the backend (and how much the frameworks may log) first,
-and only then imports the package's handlers (`involution.cli`). `--help`
+and only then imports the package's handlers (`involution.app.cli`). `--help`
 and argument errors never import Keras.
 """
 
@@ -192,7 +192,7 @@ def main(argv=None):
     os.environ["KERAS_BACKEND"] = backend
     if not args.verbose:
         quiet_frameworks()
-    from involution import cli
+    from involution.app import cli
 
     args.command_line = "involution " + " ".join(_quote(a) for a in argv)
     return cli.run(args)

@@ -21,13 +21,7 @@ The modules never import `involution.ops`. The apply paths share one plan
   shift-and-accumulate pattern.
 """
 
-
-def tap_offsets(kernel_size, dilation):
-    """(row, column) offset in the padded input of every kernel tap, in order."""
-    return [
-        ((t // kernel_size) * dilation, (t % kernel_size) * dilation)
-        for t in range(kernel_size * kernel_size)
-    ]
+from involution.geometry import padding, tap_offsets  # noqa: F401  (the modules' shared geometry)
 
 
 def window(padded, row, col, stride, out_h, out_w):

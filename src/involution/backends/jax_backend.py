@@ -31,7 +31,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
-from involution.backends import jax_onnx, native, tap_offsets
+from involution.backends import jax_onnx, native, padding, tap_offsets
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
 FFI_ENV = "INVOLUTION_JAX_FFI"
@@ -260,7 +260,7 @@ def _pad(x, pad):
 
 
 def _forward(x, kernel, kernel_size, stride, dilation):
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     out_h, out_w = kernel.shape[1:3]
     padded = _pad(x, pad)
     output = None
@@ -299,7 +299,7 @@ def _portable_input_gradient(grad, kernel, *, height, width, groups, kernel_size
 def _portable_correlate(x, grad, *, groups, kernel_size, stride, dilation):
     x, grad = _grouped(x, groups), _grouped(grad, groups)
     out_h, out_w = grad.shape[1:3]
-    padded = _pad(x, dilation * (kernel_size - 1) // 2)
+    padded = _pad(x, padding(kernel_size, dilation))
     taps = [
         jnp.sum(grad * _window(padded, row, col, stride, out_h, out_w), axis=-1)
         for row, col in tap_offsets(kernel_size, dilation)
@@ -312,7 +312,7 @@ def _input_gradient_gather(grad, kernel, kernel_size, dilation):
     pixel `i + pad - (row, col)`, so the input gradient sums one shifted
     window of `grad * kernel` per tap, the forward pass's shape (one fused
     loop) instead of a padded copy of the input per tap."""
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     grad_padded, kernel_padded = _pad(grad, pad), _pad(kernel, pad)
     height, width = grad.shape[1:3]
     grad_x = None
@@ -327,7 +327,7 @@ def _input_gradient_gather(grad, kernel, kernel_size, dilation):
 def _input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation):
     """Any stride: each tap's contribution lands on a strided grid of the
     padded input (interior padding spreads it, edge padding places it)."""
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     height, width = x_shape[1:3]
     out_h, out_w = grad.shape[1:3]
     padded_h, padded_w = height + 2 * pad, width + 2 * pad

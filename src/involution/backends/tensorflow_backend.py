@@ -24,7 +24,7 @@ import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.ops import control_flow_util
 
-from involution.backends import tap_offsets
+from involution.backends import padding, tap_offsets
 
 # Spatial axes of the grouped channels-last layout (B, H, W, G, C/G).
 _ROWS, _COLS = 1, 2
@@ -92,7 +92,7 @@ def _input_gradient_scatter(upstream, kernel, offsets, pad, stride, x_shape):
 
 
 def _grouped_involution(kernel_size, stride, dilation):
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     offsets = tap_offsets(kernel_size, dilation)
 
     @tf.custom_gradient

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from involution.backends import native, tap_offsets
+from involution.backends import native, padding, tap_offsets
 from involution.backends import window as _window
 
 # Set to 0 to skip building the C++ kernels (the in-place path runs instead).
@@ -251,7 +251,7 @@ class GroupedInvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, kernel_size, stride, dilation):
-        pad = dilation * (kernel_size - 1) // 2
+        pad = padding(kernel_size, dilation)
         out_h, out_w = kernel.shape[-2:]
         padded = F.pad(x, (pad, pad, pad, pad))
         output = x.new_zeros(x.shape[:3] + (out_h, out_w))
@@ -273,7 +273,7 @@ class GroupedInvolution(torch.autograd.Function):
             # the in-place accumulations below are not differentiable, so
             # the gradients come from autograd of the out-of-place forward.
             return (*_differentiable_gradients(x, kernel, grad, ctx), None, None, None)
-        pad = dilation * (kernel_size - 1) // 2
+        pad = padding(kernel_size, dilation)
         out_h, out_w = grad.shape[-2:]
         grad = grad.contiguous()
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -300,7 +300,7 @@ class GroupedInvolution(torch.autograd.Function):
 def _differentiable_gradients(x, kernel, grad, ctx):
     """`GroupedInvolution`'s gradients as a differentiable function of x, kernel and grad."""
     kernel_size, stride, dilation = ctx.geometry
-    pad = dilation * (kernel_size - 1) // 2
+    pad = padding(kernel_size, dilation)
     out_h, out_w = grad.shape[-2:]
     with torch.enable_grad():
         inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, kernel)]

@@ -11,6 +11,7 @@ import keras
 
 from involution.config import check_implementation
 from involution.layer import Involution
+from involution.models.registry import register_model
 from involution.normalization import BatchNormalization
 
 # The stride of each stem: the paper's (a stride-2 convolution, then max
@@ -161,3 +162,33 @@ class RedNet(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+# Variants ---------------------------------------------------------------------
+
+
+def _register_rednets():
+    for depth in DEPTHS:
+
+        def imagenet(input_shape=(224, 224, 3), num_classes=1000, depth=depth, **kwargs):
+            return RedNet(depth, num_classes=num_classes, input_shape=input_shape, **kwargs)
+
+        def cifar(input_shape=(32, 32, 3), num_classes=10, depth=depth, width=16, **kwargs):
+            return RedNet(depth, num_classes=num_classes, input_shape=input_shape, stem="cifar",
+                          width=width, **kwargs)
+
+        imagenet.__doc__ = f"RedNet-{depth}, the paper's ImageNet configuration."
+        cifar.__doc__ = f"RedNet-{depth} with a stride-1 stem for 32x32 inputs, width 16 (4x narrower)."
+        register_model(f"rednet{depth}")(imagenet)
+        register_model(f"rednet{depth}_cifar")(cifar)
+
+
+@register_model("rednet26_cifar_tiny")
+def rednet26_cifar_tiny(input_shape=(32, 32, 3), num_classes=10, width=8, **kwargs):
+    """RedNet-26, width 8 (8x narrower than ImageNet's), stride-2 stem: small enough to train on a CPU."""
+    kwargs.setdefault("name", "rednet26_cifar_tiny")
+    kwargs.setdefault("stem", "cifar_half")
+    return RedNet(26, num_classes=num_classes, input_shape=input_shape, width=width, **kwargs)
+
+
+_register_rednets()

@@ -1,4 +1,4 @@
-"""The `involution` command (`involution_cli`, then `involution.cli`)."""
+"""The `involution` command (`involution_cli`, then `involution.app.cli`)."""
 
 import os
 import re

@@ -1,7 +1,7 @@
 """`involution compare`: train registry models one after another, then report.
 
 An output folder holds `run.json` (the run's settings), one folder per model
-(see `involution.training`) and the report. Rerunning with `resume=True` on
+(see `involution.app.training`) and the report. Rerunning with `resume=True` on
 the same folder continues where the last invocation stopped. One process at
 a time works in a folder (it holds the folder's lock while it runs), and it
 starts by deleting the temporary files that a killed one left.
@@ -13,8 +13,8 @@ import math
 import os
 import time
 
-from involution import report
-from involution.files import FolderLock, LockedError, atomic_write_json, is_temporary, remove_stale_temporaries
+from involution.app import report
+from involution.app.files import FolderLock, LockedError, atomic_write_json, is_temporary, remove_stale_temporaries
 
 RUN_FILE = "run.json"
 # Settings that must match for a resumed run to end where an uninterrupted one
@@ -119,10 +119,10 @@ def run_compare(
     Args:
         models: registry names, trained in this order.
         epochs, batch_size, seed, learning_rate: the recipe (see
-            `involution.training.TrainConfig`).
+            `involution.app.training.TrainConfig`).
         output: the run folder; default `runs/<timestamp>` (with `resume`:
             the latest run there).
-        data: the data source (see `involution.data.load_dataset`).
+        data: the data source (see `involution.app.data.load_dataset`).
         limit: at most this many training and test images.
         resume: continue the run in `output`.
         verbose: 1: a line per epoch; 0: quiet.
@@ -140,7 +140,7 @@ def run_compare(
     """
     import keras
 
-    from involution import data as data_module
+    from involution.app import data as data_module
 
     started = time.perf_counter()
     check_settings(models, epochs, batch_size, learning_rate, limit)
@@ -190,7 +190,7 @@ def run_compare(
 def train_all(models, dataset, settings, output, verbose, log):
     """Trains every model of the run in turn; returns their histories."""
     from involution import models as models_module
-    from involution.training import TrainConfig, train_model
+    from involution.app.training import TrainConfig, train_model
 
     config = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
                          learning_rate=settings["learning_rate"])

@@ -180,7 +180,7 @@ def _read_cache(cache_file, path):
 
 
 def _write_cache(cache_file, dataset):
-    from involution.files import atomic_writer
+    from involution.app.files import atomic_writer
 
     cache.make_private_dirs(os.path.dirname(cache_file))
     with atomic_writer(cache_file, "wb") as f:
@@ -193,7 +193,7 @@ def _write_cache(cache_file, dataset):
 
 def _remove_stale_temporaries(cache_dir):
     """Deletes cache files half-written by processes that no longer run."""
-    from involution.files import remove_stale_temporaries
+    from involution.app.files import remove_stale_temporaries
 
     remove_stale_temporaries(glob.glob(os.path.join(glob.escape(cache_dir), "cifar-*.tmp")))
 

@@ -1,4 +1,4 @@
-"""Tests of the report's kernel maps (`involution.report.kernel_maps`)."""
+"""Tests of the report's kernel maps (`involution.app.report.kernel_maps`)."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
-from involution.report import kernel_maps
+from involution.app.report import kernel_maps
 
 
 def _model(involution, shape):

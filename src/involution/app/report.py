@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from involution.files import atomic_write_text
+from involution.app.files import atomic_write_text
 
 CURVES_PNG = "curves.png"
 KERNELS_PNG = "kernels.png"
@@ -422,7 +422,7 @@ def write_report(output_dir, run, histories, models, dataset, summaries=None):
 
     Args:
         output_dir: the run's folder.
-        run: the run's settings and environment (see `involution.compare`).
+        run: the run's settings and environment (see `involution.app.compare`).
         histories: the models' history dicts.
         models: `{name: trained keras.Model}`.
         dataset: the `Dataset` trained on (for sample and kernel images).

@@ -30,7 +30,7 @@ import time
 import keras
 import numpy as np
 
-from involution.files import atomic_save_model, atomic_write_json
+from involution.app.files import atomic_save_model, atomic_write_json
 
 HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
@@ -121,7 +121,7 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
 
     Args:
         name: a name from `involution.models.list_models()`.
-        dataset: an `involution.data.Dataset`.
+        dataset: an `involution.app.data.Dataset`.
         config: a `TrainConfig`.
         model_dir: the model's folder (created if needed).
         verbose: 1: a line per epoch (and a batch bar on a terminal);

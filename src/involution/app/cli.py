@@ -34,8 +34,8 @@ def demo(args):
 
 def compare(args):
     """Trains the models one after another and writes the report."""
-    from involution.compare import CompareError, run_compare
-    from involution.data import DataError
+    from involution.app.compare import CompareError, run_compare
+    from involution.app.data import DataError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:

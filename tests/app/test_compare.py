@@ -11,8 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from involution import compare, models, training
-from involution.data import DataError
+from involution import models
+from involution.app import compare, training
+from involution.app.data import DataError
 from tests import synthetic_data as synth
 
 pytestmark = pytest.mark.slow
@@ -199,7 +200,7 @@ def test_a_run_whose_data_failed_can_be_rerun(tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from involution.files import FolderLock
+    from involution.app.files import FolderLock
     FolderLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -249,7 +250,7 @@ def test_resumes_report_what_was_done(tmp_path):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
     # The time per epoch is the steady epoch's (epoch 2), not a first one.
-    from involution import report
+    from involution.app import report
 
     assert report.summarize(extended)["epoch_time"] == extended["epochs"][1]["time_s"]
     # Asking a finished 3-epoch run for fewer epochs changes nothing, and

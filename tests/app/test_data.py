@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from involution import data
+from involution.app import data
 from tests import synthetic_data as synth
 
 

@@ -1,4 +1,4 @@
-"""The app's files (`involution.files`): atomic writes, strict JSON, the lock."""
+"""The app's files (`involution.app.files`): atomic writes, strict JSON, the lock."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from involution import files, training
+from involution.app import files, training
 
 
 def test_json_is_strict_and_reads_back(tmp_path):
@@ -35,7 +35,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 
 HOLD = """
 import sys, time
-from involution.files import FolderLock
+from involution.app.files import FolderLock
 FolderLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)

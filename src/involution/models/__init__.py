@@ -1,0 +1,20 @@
+"""The model zoo: every model by name, from one registry.
+
+>>> from involution import models
+>>> models.list_models()[:2]
+['conv', 'involution']
+>>> model = models.create_model("involution", input_shape=(32, 32, 3), num_classes=10)
+
+Families, one module each, registering their variants on import:
+`example` (the Keras example's `conv` and `involution`), `rednet` (the
+paper's RedNet-26...152 and CIFAR variants), `invnet` (`invnet`,
+`attention_net`).
+"""
+
+from involution.models.registry import create_model, describe_model, list_models, register_model, set_implementation
+from involution.models import example, rednet, invnet  # noqa: E402,F401  (registration order: the listing's)
+from involution.models.invnet import involution_net
+from involution.models.rednet import RedNet
+
+__all__ = ["RedNet", "create_model", "describe_model", "involution_net", "list_models", "register_model",
+           "set_implementation"]
