@@ -108,3 +108,26 @@ def test_config_round_trip():
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is BatchNormalization
     assert restored.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("axis", [1, -1, 2])
+def test_layer_normalization_normalises_any_single_axis(rng, axis):
+    from involution.normalization import LayerNormalization
+
+    x = rng.normal(size=(2, 5, 4, 3)).astype("float32")
+    layer = LayerNormalization(axis=axis, epsilon=1e-3)
+    layer.build(x.shape)
+    layer.gamma.assign(rng.normal(size=layer.gamma.shape).astype("float32"))
+    layer.beta.assign(rng.normal(size=layer.beta.shape).astype("float32"))
+    # float64 NumPy: normalise along `axis`, then scale and shift per channel.
+    x64 = x.astype("float64")
+    mean = x64.mean(axis=axis, keepdims=True)
+    variance = x64.var(axis=axis, keepdims=True)
+    shape = [1] * 4
+    shape[axis] = x.shape[axis]
+    gamma = keras.ops.convert_to_numpy(layer.gamma).reshape(shape)
+    beta = keras.ops.convert_to_numpy(layer.beta).reshape(shape)
+    expected = (x64 - mean) / np.sqrt(variance + 1e-3) * gamma + beta
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is LayerNormalization and restored.get_config() == layer.get_config()

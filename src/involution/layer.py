@@ -5,7 +5,7 @@ from keras import ops
 
 from involution import ops as involution_ops
 from involution.config import check_implementation
-from involution.normalization import BatchNormalization
+from involution.normalization import BatchNormalization, LayerNormalization
 
 
 _positive_int = involution_ops.check_positive_int
@@ -151,7 +151,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 implementation=self.implementation,
             )
         elif self.normalization == "layer":
-            self.norm = keras.layers.LayerNormalization(
+            self.norm = LayerNormalization(
                 axis=axis, epsilon=1e-3, name="norm", dtype=self.dtype_policy
             )
         else:

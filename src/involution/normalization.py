@@ -1,4 +1,4 @@
-"""Batch normalization with a fused PyTorch training step.
+"""Normalization layers: Keras' own, with a fast path or a fix.
 
 `BatchNormalization` is `keras.layers.BatchNormalization` (same arguments,
 weights, statistics and results) whose training-mode call over the last
@@ -7,6 +7,8 @@ dozen `keras.ops` passes forward and backward, cost a small involution
 network about a fifth of its training step on the CPU; every other case
 (other backends, other axes, masks, renormalization, inference) is Keras'
 own code, which is also the fast path's tested reference.
+`LayerNormalization` is Keras' layer, working around a PyTorch-backend
+limitation for a channel axis that is not the last.
 """
 
 import keras
@@ -77,3 +79,30 @@ class BatchNormalization(keras.layers.BatchNormalization):
         config = super().get_config()
         config["implementation"] = self.implementation
         return config
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class LayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` that normalises any single axis on
+    every backend.
+
+    Keras 3.15's PyTorch path hands a single axis to
+    `torch.nn.functional.layer_norm`, which normalises the trailing axes
+    only, so `axis=1` (the channels of a `channels_first` map) fails there;
+    this layer moves such an axis last around Keras' own computation.
+    Same arguments, weights and results.
+
+    Args:
+        Those of `keras.layers.LayerNormalization`.
+    """
+
+    def call(self, inputs):
+        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        rank = len(inputs.shape)
+        if keras.backend.backend() != "torch" or len(axes) != 1 or axes[0] % rank == rank - 1:
+            return super().call(inputs)
+        axis = axes[0] % rank
+        moved = ops.moveaxis(inputs, axis, -1)
+        outputs = ops.layer_normalization(moved, self.gamma, self.beta, -1, self.epsilon,
+                                          rms_scaling=self.rms_scaling)
+        return ops.cast(ops.moveaxis(outputs, -1, axis), self.compute_dtype)

@@ -17,8 +17,9 @@ import keras
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
+from involution.ops import standardize_data_format
 from involution.models.registry import register_model
-from involution.normalization import BatchNormalization
+from involution.normalization import BatchNormalization, LayerNormalization
 from involution.pooling import MaxPooling2D
 
 
@@ -29,30 +30,42 @@ def _activation(activation, name):
     return keras.layers.Activation(activation, name=f"{name}_{suffix}")
 
 
+def _channel_axis(data_format):
+    return -1 if data_format == "channels_last" else 1
+
+
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
-               normalization="batch", activation="relu"):
-    # A 1x1 convolution written as a Dense layer on the channel axis: the
-    # same weights and result, one matrix product in the channels-last
-    # layout, where PyTorch's convolution would copy to channels-first and
-    # back for every call.
-    x = keras.layers.Dense(
-        filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
-    )(x)
+               normalization="batch", activation="relu", data_format="channels_last"):
+    if data_format == "channels_last":
+        # A 1x1 convolution written as a Dense layer on the channel axis:
+        # the same weights and result, one matrix product in this layout,
+        # where PyTorch's convolution would copy to channels-first and back
+        # for every call.
+        x = keras.layers.Dense(
+            filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
+        )(x)
+    else:
+        x = keras.layers.Conv2D(
+            filters, 1, use_bias=not normalize, kernel_regularizer=regularizer, data_format=data_format,
+            name=f"{name}_pointwise",
+        )(x)
+    axis = _channel_axis(data_format)
     if normalize and normalization == "batch":
-        x = BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+        x = BatchNormalization(axis=axis, momentum=momentum, name=f"{name}_bn")(x)
     elif normalize:
-        x = keras.layers.LayerNormalization(epsilon=1e-3, name=f"{name}_ln")(x)
+        x = LayerNormalization(axis=axis, epsilon=1e-3, name=f"{name}_ln")(x)
     if activate:
         x = _activation(activation, name)(x)
     return x
 
 
 def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dynamic_init_scale=None,
-             reduction_ratio=4, span_regularizer=None, normalization="batch"):
-    channels = x.shape[-1]
+             reduction_ratio=4, span_regularizer=None, normalization="batch", data_format="channels_last"):
+    channels = x.shape[_channel_axis(data_format)]
     if key_dim:
         generator = LocalAttentionKernelGenerator(
-            kernel_size, stride=stride, group_number=groups, key_dim=key_dim, name=f"{name}_attention"
+            kernel_size, stride=stride, group_number=groups, key_dim=key_dim, data_format=data_format,
+            name=f"{name}_attention",
         )
     else:
         initializers = {}
@@ -68,21 +81,21 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
         generator = InvolutionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, reduction_ratio=reduction_ratio,
             batch_norm_momentum=momentum, normalization=normalization, span_regularizer=span_regularizer,
-            name=f"{name}_generator",
+            data_format=data_format, name=f"{name}_generator",
             **initializers,
         )
     return Involution(
         channel=channels, group_number=groups, kernel_size=kernel_size, stride=stride,
-        reduction_ratio=reduction_ratio, kernel_generator=generator, name=name,
+        reduction_ratio=reduction_ratio, kernel_generator=generator, data_format=data_format, name=name,
     )(x)
 
 
-def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_groups=6, stem_stride=2,
+def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=6, stem_stride=2,
                    widths=(64, 128), blocks=(2, 2), kernel_size=(3, 7), group_channels=32, hidden_units=None,
                    batch_norm_momentum=0.5, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
                    normalization="batch", generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
                    pointwise_regularizer=None, activation="relu",
-                   attention=False, key_dim=4, name="invnet"):
+                   attention=False, key_dim=4, data_format=None, name="invnet"):
     """A residual involution network for CIFAR (81,616 parameters by default).
 
     Layout: a 1x1 convolution to `stem_width` channels, an involution and
@@ -95,7 +108,8 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
     dense layer, logits).
 
     Args:
-        input_shape, num_classes: the data's.
+        input_shape, num_classes: the data's; `input_shape` defaults to
+            32x32 RGB in `data_format`'s layout.
         stem_width: channels of the stem. Its 1x1 convolution runs at
             full resolution, so its cost grows with this width.
         stem_groups: kernels per pixel of the stem's involution. Its input
@@ -154,6 +168,12 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
             `key_dim` query/key channels) instead of the paper's generator
             in the residual blocks (the stem keeps the paper's).
         key_dim: the attention heads' query/key size.
+        data_format: `"channels_last"`, `"channels_first"` or None
+            (`keras.config.image_data_format()`): the layout of the input
+            and of every layer. Both build the same network: the same
+            weights (a 1x1 convolution's kernel is the channels-last Dense
+            kernel with two unit axes) and, for permuted inputs, the same
+            logits. `input_shape` is in this layout.
         name: the model's name.
 
     Returns:
@@ -183,11 +203,15 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
             "`normalization` must be 'batch' or 'layer'. Received: "
             f"normalization={normalization!r}"
         )
+    data_format = standardize_data_format(data_format)
+    if input_shape is None:
+        input_shape = (32, 32, 3) if data_format == "channels_last" else (3, 32, 32)
     spatial_options = dict(momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale,
                            reduction_ratio=reduction_ratio, span_regularizer=span_regularizer,
-                           normalization=generator_normalization)
+                           normalization=generator_normalization, data_format=data_format)
+    pool = dict(data_format=data_format)
     inputs = keras.Input(input_shape, name="image")
-    x = _pointwise(inputs, stem_width, "stem", normalize=False)
+    x = _pointwise(inputs, stem_width, "stem", normalize=False, data_format=data_format)
     # The stem keeps the paper's generator even in the attention variant: its
     # input is a mix of colours, and (as Stand-Alone Self-Attention found for
     # its convolutional stem) attention logits between raw pixels are a poor
@@ -196,28 +220,31 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
         raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride}")
     x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=stem_stride, **spatial_options)
     if stem_stride == 1:
-        x = MaxPooling2D(2, name="stem_pool")(x)
+        x = MaxPooling2D(2, name="stem_pool", **pool)(x)
     for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
         if stage > 1:
-            x = MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+            x = MaxPooling2D(2, name=f"stage{stage}_pool", **pool)(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum,
-                       regularizer=pointwise_regularizer, normalization=normalization, activation=activation)
+                       regularizer=pointwise_regularizer, normalization=normalization, activation=activation,
+                       data_format=data_format)
         for block in range(1, count + 1):
             prefix = f"stage{stage}_block{block}"
             y = _spatial(x, size, max(1, width // group_channels), key_dim, f"{prefix}_involution",
                          **spatial_options)
             y = _pointwise(y, width, f"{prefix}_mix", activate=False, momentum=batch_norm_momentum,
-                           regularizer=pointwise_regularizer, normalization=normalization)
+                           regularizer=pointwise_regularizer, normalization=normalization, data_format=data_format)
             if block_dropout:
                 y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
             x = _activation(activation, f"{prefix}_out")(x)
-    x = MaxPooling2D(2, name="head_pool")(x)
+    x = MaxPooling2D(2, name="head_pool", **pool)(x)
     if hidden_units:
-        x = keras.layers.Flatten(name="flatten")(x)
+        # Flattened in channels-last order in either layout, so that the
+        # hidden layer's weights mean the same.
+        x = keras.layers.Flatten(name="flatten", **pool)(x)
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
     else:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **pool)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
@@ -228,13 +255,13 @@ def involution_net(input_shape=(32, 32, 3), num_classes=10, stem_width=48, stem_
 
 
 @register_model("invnet")
-def invnet_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
+def invnet_model(input_shape=None, num_classes=10, **kwargs):
     """A residual involution network: 1x1 convs mix channels, involution mixes space."""
     return involution_net(input_shape, num_classes, **kwargs)
 
 
 @register_model("attention_net")
-def attention_net_model(input_shape=(32, 32, 3), num_classes=10, **kwargs):
+def attention_net_model(input_shape=None, num_classes=10, **kwargs):
     """invnet's first design (3x3 windows, stride-2 stem) with local self-attention kernels."""
     kwargs.setdefault("name", "attention_net")
     kwargs.setdefault("key_dim", 4)

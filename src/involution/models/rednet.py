@@ -11,6 +11,7 @@ import keras
 
 from involution.config import check_implementation
 from involution.layer import Involution
+from involution.ops import standardize_data_format
 from involution.models.registry import register_model
 from involution.normalization import BatchNormalization
 
@@ -29,39 +30,48 @@ EXPANSION = 4
 GROUP_CHANNELS = 16
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, activation=True, zero_gamma=False):
-    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
-                            use_bias=False, name=f"{name}_conv")(x)
-    x = BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn",
-                                        gamma_initializer="zeros" if zero_gamma else "ones")(x)
+def _axis(data_format):
+    return -1 if data_format == "channels_last" else 1
+
+
+def _batch_norm(x, name, data_format, zero_gamma=False):
+    return BatchNormalization(axis=_axis(data_format), epsilon=1e-5, momentum=0.9, name=name,
+                              gamma_initializer="zeros" if zero_gamma else "ones")(x)
+
+
+def _conv_bn(x, filters, kernel_size, strides, name, data_format, activation=True, zero_gamma=False):
+    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                            data_format=data_format, name=f"{name}_conv")(x)
+    x = _batch_norm(x, f"{name}_bn", data_format, zero_gamma)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
-def _involution(x, channels, kernel_size, stride, name):
+def _involution(x, channels, kernel_size, stride, name, data_format):
     return Involution(
         channel=channels,
         group_number=max(channels // GROUP_CHANNELS, 1),
         kernel_size=kernel_size,
         stride=stride,
         reduction_ratio=4,
+        data_format=data_format,
         name=name,
     )(x)
 
 
-def _bottleneck(x, mid_channels, stride, name):
+def _bottleneck(x, mid_channels, stride, name, data_format):
     out_channels = mid_channels * EXPANSION
     shortcut = x
-    if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", activation=False)
-    y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1")
-    y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution")
-    y = BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_2_bn")(y)
+    if stride != 1 or x.shape[_axis(data_format)] != out_channels:
+        shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", data_format, activation=False)
+    y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1", data_format)
+    y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution", data_format)
+    y = _batch_norm(y, f"{name}_2_bn", data_format)
     y = keras.layers.ReLU(name=f"{name}_2_relu")(y)
     # Each residual branch starts as zero (its last batch norm's scale is 0),
     # so the untrained network is its shortcuts: the official code's default
     # (mmcls `zero_init_residual=True`), and without it Adam at the example's
     # learning rate diverged (NaN) in the second epoch of the CIFAR run.
-    y = _conv_bn(y, out_channels, 1, 1, f"{name}_3", activation=False, zero_gamma=True)
+    y = _conv_bn(y, out_channels, 1, 1, f"{name}_3", data_format, activation=False, zero_gamma=True)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -76,8 +86,9 @@ class RedNet(keras.Model):
             `num_classes` logits layer; without it the model outputs the
             last stage's feature map.
         num_classes: the number of classes of the top.
-        input_shape: the input's shape, `(None, None, 3)` (any size) by
-            default.
+        input_shape: the input's shape in `data_format`'s layout; by
+            default any size of RGB image, `(None, None, 3)` or
+            `(3, None, None)`.
         stem: `"imagenet"` (stride 2 conv, 3x3 involution, conv, max pool:
             stride 4, as in the paper), `"cifar"` (the same without the
             strides, for 32x32 inputs) or `"cifar_half"` (only the
@@ -86,6 +97,11 @@ class RedNet(keras.Model):
             stage doubles it and outputs `4 * width` channels.
         implementation: `"auto"`, `"reference"` or `"fast"`, for every layer
             with a fast path (see `involution.config`).
+        data_format: `"channels_last"`, `"channels_first"` or None
+            (`keras.config.image_data_format()`), for the input and every
+            layer (the batch norms normalise the channel axis). Both
+            layouts build the same network: the same weights and, for
+            permuted inputs, the same outputs.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Attributes:
@@ -104,32 +120,35 @@ class RedNet(keras.Model):
         Visual Recognition", CVPR 2021.
     """
 
-    def __init__(self, depth=50, include_top=True, num_classes=1000, input_shape=(None, None, 3),
-                 stem="imagenet", width=64, implementation="auto", **kwargs):
+    def __init__(self, depth=50, include_top=True, num_classes=1000, input_shape=None,
+                 stem="imagenet", width=64, implementation="auto", data_format=None, **kwargs):
         if depth not in DEPTHS:
             raise ValueError(f"The `depth` argument must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
         if stem not in STEM_STRIDES:
             raise ValueError(f"The `stem` argument must be one of {list(STEM_STRIDES)}. Received: stem={stem!r}")
+        data_format = standardize_data_format(data_format)
+        if input_shape is None:
+            input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
         stem_channels = width
         inputs = keras.Input(tuple(input_shape), name="image")
         stem_stride = 1 if stem == "cifar" else 2
-        x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1")
-        x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution")
-        x = BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_2_bn")(x)
+        x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1", data_format)
+        x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution", data_format)
+        x = _batch_norm(x, "stem_2_bn", data_format)
         x = keras.layers.ReLU(name="stem_2_relu")(x)
-        x = _conv_bn(x, stem_channels, 3, 1, "stem_3")
+        x = _conv_bn(x, stem_channels, 3, 1, "stem_3", data_format)
         if stem == "imagenet":
-            x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+            x = keras.layers.MaxPooling2D(3, 2, padding="same", data_format=data_format, name="stem_pool")(x)
         pyramid = {"stem": x}
         for stage, blocks in enumerate(DEPTHS[depth]):
             mid = width * 2**stage
             for block in range(blocks):
                 stride = 2 if (stage > 0 and block == 0) else 1
-                x = _bottleneck(x, mid, stride, f"stage{stage + 1}_block{block + 1}")
+                x = _bottleneck(x, mid, stride, f"stage{stage + 1}_block{block + 1}", data_format)
             pyramid[f"stage{stage + 1}"] = x
         outputs = x
         if include_top:
-            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
             outputs = keras.layers.Dense(num_classes, name="logits")(x)
         kwargs.setdefault("name", f"rednet{depth}" + ("" if stem == "imagenet" else "_cifar"))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -139,6 +158,7 @@ class RedNet(keras.Model):
         self._input_shape_arg = tuple(input_shape)
         self.stem = stem
         self.width = width
+        self.data_format = data_format
         self.pyramid_outputs = pyramid
         self.implementation = check_implementation(implementation)
         if implementation != "auto":
@@ -155,6 +175,7 @@ class RedNet(keras.Model):
             "stem": self.stem,
             "width": self.width,
             "implementation": self.implementation,
+            "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -167,13 +188,21 @@ class RedNet(keras.Model):
 # Variants ---------------------------------------------------------------------
 
 
+def _rgb(size, data_format):
+    """A square RGB image's shape in `data_format`'s layout."""
+    channels_last = standardize_data_format(data_format) == "channels_last"
+    return (size, size, 3) if channels_last else (3, size, size)
+
+
 def _register_rednets():
     for depth in DEPTHS:
 
-        def imagenet(input_shape=(224, 224, 3), num_classes=1000, depth=depth, **kwargs):
+        def imagenet(input_shape=None, num_classes=1000, depth=depth, **kwargs):
+            input_shape = input_shape or _rgb(224, kwargs.get("data_format"))
             return RedNet(depth, num_classes=num_classes, input_shape=input_shape, **kwargs)
 
-        def cifar(input_shape=(32, 32, 3), num_classes=10, depth=depth, width=16, **kwargs):
+        def cifar(input_shape=None, num_classes=10, depth=depth, width=16, **kwargs):
+            input_shape = input_shape or _rgb(32, kwargs.get("data_format"))
             return RedNet(depth, num_classes=num_classes, input_shape=input_shape, stem="cifar",
                           width=width, **kwargs)
 
@@ -184,8 +213,9 @@ def _register_rednets():
 
 
 @register_model("rednet26_cifar_tiny")
-def rednet26_cifar_tiny(input_shape=(32, 32, 3), num_classes=10, width=8, **kwargs):
+def rednet26_cifar_tiny(input_shape=None, num_classes=10, width=8, **kwargs):
     """RedNet-26, width 8 (8x narrower than ImageNet's), stride-2 stem: small enough to train on a CPU."""
+    input_shape = input_shape or _rgb(32, kwargs.get("data_format"))
     kwargs.setdefault("name", "rednet26_cifar_tiny")
     kwargs.setdefault("stem", "cifar_half")
     return RedNet(26, num_classes=num_classes, input_shape=input_shape, width=width, **kwargs)
