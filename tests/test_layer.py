@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import pytest
 
-import involution
 from involution import Involution, InvolutionKernelGenerator
 from tests import numpy_reference as ref
 
@@ -32,7 +31,7 @@ LAYER_GRID = list(
     itertools.product(
         [1, 3, 7],  # kernel_size
         [1, 2, 3],  # stride
-        [1, 2],  # group_number (8 channels)
+        [1, 2],  # group_number of 16 channels: 16 and 8 per group, where "auto" takes the fast paths
         [1, 2],  # dilation
         ["channels_last", "channels_first"],
     )
@@ -47,9 +46,9 @@ LAYER_GRID = list(
 def test_layer_matches_numpy(rng, kernel_size, stride, groups, dilation, data_format):
     # 7 x 8: "same" pooling pads unevenly for stride 2 and 3 (Keras' PyTorch
     # pooling disagrees with TensorFlow's there; the layer must not).
-    x = to_format(rng.standard_normal((2, 7, 8, 8)).astype("float32"), data_format)
+    x = to_format(rng.standard_normal((2, 7, 8, 16)).astype("float32"), data_format)
     layer = Involution(
-        channel=8, group_number=groups, kernel_size=kernel_size, stride=stride,
+        channel=16, group_number=groups, kernel_size=kernel_size, stride=stride,
         reduction_ratio=2, dilation=dilation, data_format=data_format, return_kernel=True,
     )
     layer.build(x.shape)
@@ -403,4 +402,3 @@ def test_generator_bad_normalization():
 def test_generator_bad_momentum(momentum):
     with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):
         InvolutionKernelGenerator(kernel_size=3, batch_norm_momentum=momentum)
-    assert involution.Involution is Involution
