@@ -61,3 +61,14 @@ def weight_gradients(model, loss_fn, x, y):
     else:
         raise NotImplementedError(backend)
     return [None if g is None else keras.ops.convert_to_numpy(g) for g in grads]
+
+
+def alternating(cases, choices):
+    """Each case of `cases` with one of `choices`, in turn.
+
+    A grid's full product with a last axis (the data format, the image
+    size) costs that axis' length in run time; taking its values in turn
+    keeps every value tested with every value of the other axes but the
+    innermost one.
+    """
+    return [(*case, choices[index % len(choices)]) for index, case in enumerate(cases)]

@@ -7,8 +7,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+# `tests/run_all_backends.py` runs the suite once per backend; tests marked
+# `backend_independent` (pure Python, or choosing their own backends) need
+# only one of those runs, and it sets this variable to 0 for the others.
+ONCE_ENV = "INVOLUTION_TEST_BACKEND_INDEPENDENT"
+
+
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend: {keras.backend.backend()}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backend_independent: the same on every backend; run under one of them")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(ONCE_ENV, "1") != "0":
+        return
+    skip = pytest.mark.skip(reason="backend-independent: run under another backend's pass")
+    for item in items:
+        if "backend_independent" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ import pytest
 from involution import cache
 from involution.backends import native
 
+pytestmark = pytest.mark.backend_independent
+
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler")
 
 GENUINE = 'extern "C" int answer() { return 42; }\n'

@@ -8,21 +8,24 @@ import pytest
 
 from involution import ops as involution_ops
 from tests import numpy_reference as ref
-from tests.backend_utils import gradients
+from tests.backend_utils import alternating, gradients
 
 
 # Every backend Keras runs here has a fast apply path.
 IMPLEMENTATIONS = ["reference", "fast"]
-GRID = list(
-    itertools.product(
-        [1, 3, 5, 7],  # kernel_size
-        [1, 2, 3],  # stride
-        [1, 3],  # groups of 24 channels: 24 and 8 per group, the fused loops' vector blocks and tails
-        [1, 2],  # dilation
-        [(8, 7), (5, 6)],  # (height, width): even and odd, smaller than K
-        ["channels_last", "channels_first"],
+GRID = [
+    (k, s, g, d, size, data_format)
+    for k, s, g, d, data_format, size in alternating(
+        itertools.product(
+            [1, 3, 5, 7],  # kernel_size
+            [1, 2, 3],  # stride
+            [1, 3],  # groups of 24 channels: 24 and 8 per group, the fused loops' vector blocks and tails
+            [1, 2],  # dilation
+            ["channels_last", "channels_first"],
+        ),
+        [(8, 7), (5, 6), (5, 6), (8, 7)],  # (height, width): even and odd, smaller than K; both per format
     )
-)
+]
 
 
 def random_case(rng, batch, height, width, channels, kernel_size, stride, groups, data_format):

@@ -36,6 +36,7 @@ def involution(*args, blocked=(), env=None, timeout=600):
                           env=environment, timeout=timeout)
 
 
+@pytest.mark.backend_independent
 def test_help_and_argument_errors_do_not_import_keras():
     done = involution("--help", blocked=["tensorflow"])
     assert done.returncode == 0 and "compare" in done.stdout
@@ -46,6 +47,7 @@ def test_help_and_argument_errors_do_not_import_keras():
     assert "keras imported: False" in done.stdout
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_runs_without_tensorflow(tmp_path, backend):
     pytest.importorskip(backend)
@@ -55,6 +57,7 @@ def test_runs_without_tensorflow(tmp_path, backend):
     assert f"backend {backend}" in done.stdout and "stride 2" in done.stdout
 
 
+@pytest.mark.backend_independent
 def test_without_a_choice_the_first_installed_backend_runs(tmp_path):
     # No KERAS_BACKEND, no keras.json, TensorFlow missing.
     done = involution("demo", "--batch", "1", "--size", "8", blocked=["tensorflow"], env={"KERAS_HOME": str(tmp_path)})

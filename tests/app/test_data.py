@@ -6,6 +6,8 @@ import pytest
 from involution.app import data
 from tests import synthetic_data as synth
 
+pytestmark = pytest.mark.backend_independent
+
 
 def check(dataset, train, test):
     assert dataset.x_train.shape == (train, 32, 32, 3) and dataset.x_train.dtype == np.uint8

@@ -10,6 +10,8 @@ import pytest
 
 from involution.app import files, training
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_json_is_strict_and_reads_back(tmp_path):
     history = {"model": "m", "epochs": [{"epoch": 1, "loss": math.nan, "val_loss": math.inf, "accuracy": 0.5}]}

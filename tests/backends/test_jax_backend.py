@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_reference as ref
+from tests.backend_utils import alternating
 
 if keras.backend.backend() != "jax":
     pytest.skip("JAX backend only", allow_module_level=True)
@@ -21,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from involution.backends import jax_backend  # noqa: E402
 from involution.ops import involution_apply, involution_apply_reference  # noqa: E402
 
-GRID = list(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2], ["channels_last", "channels_first"]))
+GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2]), ["channels_last", "channels_first"])
 # Where a C++ compiler is found (CI, any development machine), the FFI
 # library must build: a silent fallback to XLA would leave it untested.
 PATHS = ["ffi", "xla"] if shutil.which("c++") or shutil.which("g++") else ["xla"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_reference as ref
+from tests.backend_utils import alternating
 
 if keras.backend.backend() != "torch":
     pytest.skip("PyTorch backend only", allow_module_level=True)
@@ -23,7 +24,7 @@ PATHS = {"inplace": torch_backend.inplace_apply}
 if torch_backend._extension() is not None:
     PATHS["fused"] = torch_backend.fused_apply
 
-GRID = list(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2], ["channels_last", "channels_first"]))
+GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2]), ["channels_last", "channels_first"])
 
 
 def case(rng, kernel_size, stride, groups, data_format, dtype=np.float32):
