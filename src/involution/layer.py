@@ -187,8 +187,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             return conv(x)
         # A 1x1 convolution in the channels-last layout is one matrix product
         # over the channel axis. PyTorch's convolution would copy to
-        # channels-first and back around every call (a fifth of a small
-        # involution network's training step); the weights stay the
+        # channels-first and back around every call, a large part of a small
+        # involution network's training step; the weights stay the
         # Conv2D's, so saved models are unchanged.
         kernel = ops.reshape(conv.kernel, conv.kernel.shape[2:])
         return ops.add(ops.matmul(x, kernel), conv.bias)

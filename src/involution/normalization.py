@@ -2,11 +2,10 @@
 
 `BatchNormalization` is `keras.layers.BatchNormalization` (same arguments,
 weights, statistics and results) whose training-mode call over the last
-axis runs as one fused PyTorch op on that backend. Keras' formulation, a
-dozen `keras.ops` passes forward and backward, cost a small involution
-network about a fifth of its training step on the CPU; every other case
-(other backends, other axes, masks, renormalization, inference) is Keras'
-own code, which is also the fast path's tested reference.
+axis runs as one fused PyTorch op on that backend, in place of Keras'
+dozen `keras.ops` passes forward and backward (`docs/design.md`); every
+other case (other backends, other axes, masks, renormalization, inference)
+is Keras' own code, which is also the fast path's tested reference.
 `LayerNormalization` is Keras' layer, working around a PyTorch-backend
 limitation for a channel axis that is not the last.
 """

@@ -12,9 +12,7 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
 
     Same arguments, weights (none) and results; with "valid" padding it
     pools through `involution.ops.pool`, which on the PyTorch backend pools
-    a permuted view instead of a channels-first copy (about half the time
-    of Keras' 2x2 pooling of these networks' feature maps, forward and
-    backward).
+    a permuted view instead of a channels-first copy.
 
     Args:
         implementation: `"auto"`, `"reference"` (Keras' pooling) or `"fast"`
