@@ -72,3 +72,14 @@ def alternating(cases, choices):
     innermost one.
     """
     return [(*case, choices[index % len(choices)]) for index, case in enumerate(cases)]
+
+
+def apply_case(rng, kernel_size, stride, groups, channels, data_format="channels_last", dtype=np.float32,
+               height=7, width=8):
+    """Random `(x, kernel)` of the apply step's shapes in `data_format`."""
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    x = rng.standard_normal((2, height, width, channels)).astype(dtype)
+    kernel = rng.standard_normal((2, out_h, out_w, groups * kernel_size**2)).astype(dtype)
+    if data_format == "channels_first":
+        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
+    return x, kernel

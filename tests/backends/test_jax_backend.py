@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_reference as ref
-from tests.backend_utils import alternating
+from tests.backend_utils import alternating, apply_case
 
 if keras.backend.backend() != "jax":
     pytest.skip("JAX backend only", allow_module_level=True)
@@ -28,14 +28,6 @@ GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2]), ["ch
 PATHS = ["ffi", "xla"] if shutil.which("c++") or shutil.which("g++") else ["xla"]
 
 
-def case(rng, kernel_size, stride, groups, channels, data_format="channels_last", dtype=np.float32,
-         height=7, width=8):
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    x = rng.standard_normal((2, height, width, channels)).astype(dtype)
-    kernel = rng.standard_normal((2, out_h, out_w, groups * kernel_size**2)).astype(dtype)
-    if data_format == "channels_first":
-        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
-    return x, kernel
 
 
 def test_ffi_library_builds_where_a_compiler_exists():
@@ -49,7 +41,7 @@ def test_ffi_library_builds_where_a_compiler_exists():
 def test_values_and_gradients(rng, path, kernel_size, stride, groups, dilation, data_format):
     # 24 channels: 24 or 8 per group, the C++ loops' vector widths; the XLA
     # path has no such cases, 6 channels (6 or 2 per group) also reach it.
-    x, kernel = case(rng, kernel_size, stride, groups, 24 if path == "ffi" else 6, data_format)
+    x, kernel = apply_case(rng, kernel_size, stride, groups, 24 if path == "ffi" else 6, data_format)
     args = (kernel_size, stride, dilation, groups, data_format)
     out = jax_backend._grouped_apply(jnp.asarray(x), jnp.asarray(kernel), *args, path)
     np.testing.assert_allclose(np.asarray(out), ref.involution_apply(x, kernel, *args), rtol=1e-5, atol=1e-5)
@@ -70,7 +62,7 @@ def test_ffi_against_float64_numpy(rng, kernel_size, stride, dilation, channels,
     # float32 with 8k channels per group takes the vector paths (eight taps
     # reduced together; windows of 9..49 taps leave partial chunks), 5
     # channels per group in float64 the scalar ones, to 1e-10.
-    x, kernel = case(rng, kernel_size, stride, groups, channels, dtype=dtype, height=9, width=11)
+    x, kernel = apply_case(rng, kernel_size, stride, groups, channels, dtype=dtype, height=9, width=11)
     upstream = rng.standard_normal(kernel.shape[:3] + (channels,)).astype(dtype)
     args = (groups, kernel_size, stride, dilation)
     # `jax.enable_x64` (the context manager) is newer than the
@@ -92,7 +84,7 @@ def test_ffi_against_float64_numpy(rng, kernel_size, stride, dilation, channels,
 def recorded_path(monkeypatch, rng, channels, dtype="float32"):
     calls = []
     monkeypatch.setattr(jax_backend, "_grouped_apply", lambda *a: calls.append(a[-1]))
-    x, kernel = case(rng, 3, 1, 1, channels)
+    x, kernel = apply_case(rng, 3, 1, 1, channels)
     # Through the dispatch point, which sends few channels per group to the reference.
     involution_apply(jnp.asarray(x, dtype), jnp.asarray(kernel, dtype), 3, 1, 1, 1, "channels_last")
     return calls

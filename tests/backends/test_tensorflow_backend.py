@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_reference as ref
-from tests.backend_utils import alternating
+from tests.backend_utils import alternating, apply_case
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("TensorFlow backend only", allow_module_level=True)
@@ -15,16 +15,7 @@ if keras.backend.backend() != "tensorflow":
 import tensorflow as tf  # noqa: E402
 
 from involution.backends import tensorflow_backend  # noqa: E402
-from involution.geometry import output_size  # noqa: E402
 
-def case(rng, kernel_size, stride, groups, channels, data_format, height=7, width=8):
-    x = rng.standard_normal((2, height, width, channels)).astype("float32")
-    kernel = rng.standard_normal(
-        (2, output_size(height, stride), output_size(width, stride), groups * kernel_size**2)
-    ).astype("float32")
-    if data_format == "channels_first":
-        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
-    return x, kernel
 
 
 GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 2], [1, 2]), ["channels_last", "channels_first"])
@@ -32,7 +23,7 @@ GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 2], [1, 2]), ["ch
 
 @pytest.mark.parametrize("kernel_size,stride,groups,dilation,data_format", GRID)
 def test_compiled_cluster_and_plain_ops_match_numpy(rng, kernel_size, stride, groups, dilation, data_format):
-    x, kernel = case(rng, kernel_size, stride, groups, 16, data_format)
+    x, kernel = apply_case(rng, kernel_size, stride, groups, 16, data_format)
     expected = ref.involution_apply(x, kernel, kernel_size, stride, dilation, groups, data_format)
     compiled = tensorflow_backend._compiled(kernel_size, stride, dilation, groups, data_format)(x, kernel)
     plain = tensorflow_backend._grouped_apply(x, kernel, kernel_size, stride, dilation, groups, data_format)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_reference as ref
-from tests.backend_utils import alternating
+from tests.backend_utils import alternating, apply_case
 
 if keras.backend.backend() != "torch":
     pytest.skip("PyTorch backend only", allow_module_level=True)
@@ -28,13 +28,7 @@ GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2]), ["ch
 
 
 def case(rng, kernel_size, stride, groups, data_format, dtype=np.float32):
-    height, width, channels = 7, 8, 6
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    x = rng.standard_normal((2, height, width, channels)).astype(dtype)
-    kernel = rng.standard_normal((2, out_h, out_w, groups * kernel_size**2)).astype(dtype)
-    if data_format == "channels_first":
-        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(0, 3, 1, 2)
-    return x, kernel
+    return apply_case(rng, kernel_size, stride, groups, 6, data_format, dtype)
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
