@@ -15,9 +15,9 @@ def runner(export_format, path):
     if export_format == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
+        runtime = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = runtime.get_inputs()[0].name
+        return lambda x: runtime.run(None, {name: x})[0]
     if export_format == "tf_saved_model":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf

@@ -124,7 +124,7 @@ def test_jax_onnx_converts_the_gradient_primitives():
     program = str(jax.make_jaxpr(gradients)(x, kernel))
     assert "involution_input_gradient" in program and "involution_correlate" in program
     model = jax2onnx.to_onnx(gradients, inputs=[x.shape, kernel.shape])
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    for got, expected in zip(session.run(None, dict(zip(names, (x, kernel)))), gradients(x, kernel)):
+    runtime = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in runtime.get_inputs()]
+    for got, expected in zip(runtime.run(None, dict(zip(names, (x, kernel)))), gradients(x, kernel)):
         np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-4, atol=1e-4)

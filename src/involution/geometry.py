@@ -6,6 +6,11 @@ size keeps its kernel and windows aligned (see `docs/design.md`).
 """
 
 
+def channel_axis(data_format):
+    """The channel axis of a 4D tensor in `data_format`."""
+    return -1 if data_format == "channels_last" else 1
+
+
 def padding(kernel_size, dilation=1):
     """Zero padding on each side of a spatial axis."""
     return dilation * (kernel_size - 1) // 2

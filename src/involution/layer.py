@@ -5,6 +5,7 @@ from keras import ops
 
 from involution import ops as involution_ops
 from involution.config import check_implementation
+from involution.geometry import channel_axis
 from involution.normalization import BatchNormalization, LayerNormalization
 
 
@@ -18,7 +19,7 @@ def _check_input_shape(layer, input_shape):
             "channels) or (batch, channels, height, width). Received: "
             f"input_shape={tuple(input_shape)}"
         )
-    axis = -1 if layer.data_format == "channels_last" else 1
+    axis = channel_axis(layer.data_format)
     channels = input_shape[axis]
     if channels is None:
         raise ValueError(
@@ -144,7 +145,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         self.reduce = keras.layers.Conv2D(
             channel // self.reduction_ratio, 1, name="reduce", **common
         )
-        axis = -1 if self.data_format == "channels_last" else 1
+        axis = channel_axis(self.data_format)
         if self.normalization == "batch":
             self.norm = BatchNormalization(
                 axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -194,11 +195,5 @@ def main(argv=None):
         quiet_frameworks()
     from involution.app import cli
 
-    args.command_line = "involution " + " ".join(_quote(a) for a in argv)
+    args.command_line = "involution " + " ".join(shlex.quote(a) for a in argv)
     return cli.run(args)
-
-
-def _quote(argument):
-    import shlex
-
-    return shlex.quote(argument)

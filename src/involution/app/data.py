@@ -89,10 +89,6 @@ class Dataset:
         )
 
 
-def default_cache_dir():
-    return cache.cache_dir()
-
-
 def load_dataset(path=None, cache_dir=None, progress=True):
     """Loads CIFAR-10 from `path` (or `$INVOLUTION_DATA`, or the network).
 
@@ -115,7 +111,7 @@ def load_dataset(path=None, cache_dir=None, progress=True):
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise DataError(f"The data path does not exist: {path}")
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or cache.cache_dir()
     cache_file = os.path.join(cache_dir, f"cifar-{_source_key(path)}.npz")
     _remove_stale_temporaries(cache_dir)
     if os.path.exists(cache_file):

@@ -2,8 +2,8 @@
 
 On the CPU (float32/float64) the apply step and its gradients are three
 fused loops (`involution_cpu.cpp`), compiled with PyTorch's extension
-builder the first time they are needed (about half a minute, then cached by
-PyTorch per machine): one pass over memory instead of one per kernel tap.
+builder the first time they are needed (then cached per machine in
+`<cache>/kernels/torch/`): one pass over memory instead of one per kernel tap.
 They are `torch.library` custom ops, visible to `torch.compile` and
 `torch.export` and differentiable to any order. The kernel-gradient loop
 also computes local attention's query-key logits (`window_correlation`).

@@ -16,6 +16,7 @@ the same layout (3x3 kernels throughout) with local self-attention kernels
 import keras
 
 from involution.attention import LocalAttentionKernelGenerator
+from involution.geometry import channel_axis
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.ops import standardize_data_format
 from involution.models.registry import register_model
@@ -28,10 +29,6 @@ def _activation(activation, name):
         return keras.layers.ReLU(name=f"{name}_relu")
     suffix = activation if isinstance(activation, str) else "activation"
     return keras.layers.Activation(activation, name=f"{name}_{suffix}")
-
-
-def _channel_axis(data_format):
-    return -1 if data_format == "channels_last" else 1
 
 
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
@@ -49,7 +46,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
             filters, 1, use_bias=not normalize, kernel_regularizer=regularizer, data_format=data_format,
             name=f"{name}_pointwise",
         )(x)
-    axis = _channel_axis(data_format)
+    axis = channel_axis(data_format)
     if normalize and normalization == "batch":
         x = BatchNormalization(axis=axis, momentum=momentum, name=f"{name}_bn")(x)
     elif normalize:
@@ -61,7 +58,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
 
 def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dynamic_init_scale=None,
              reduction_ratio=4, span_regularizer=None, normalization="batch", data_format="channels_last"):
-    channels = x.shape[_channel_axis(data_format)]
+    channels = x.shape[channel_axis(data_format)]
     if key_dim:
         generator = LocalAttentionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, key_dim=key_dim, data_format=data_format,

@@ -10,6 +10,7 @@ for one that keeps 32x32 inputs at full resolution.
 import keras
 
 from involution.config import check_implementation
+from involution.geometry import channel_axis
 from involution.layer import Involution
 from involution.ops import standardize_data_format
 from involution.models.registry import register_model
@@ -30,12 +31,8 @@ EXPANSION = 4
 GROUP_CHANNELS = 16
 
 
-def _axis(data_format):
-    return -1 if data_format == "channels_last" else 1
-
-
 def _batch_norm(x, name, data_format, zero_gamma=False):
-    return BatchNormalization(axis=_axis(data_format), epsilon=1e-5, momentum=0.9, name=name,
+    return BatchNormalization(axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name=name,
                               gamma_initializer="zeros" if zero_gamma else "ones")(x)
 
 
@@ -61,7 +58,7 @@ def _involution(x, channels, kernel_size, stride, name, data_format):
 def _bottleneck(x, mid_channels, stride, name, data_format):
     out_channels = mid_channels * EXPANSION
     shortcut = x
-    if stride != 1 or x.shape[_axis(data_format)] != out_channels:
+    if stride != 1 or x.shape[channel_axis(data_format)] != out_channels:
         shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", data_format, activation=False)
     y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1", data_format)
     y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution", data_format)
