@@ -41,8 +41,8 @@ def test_training_step_matches_numpy(rng, shape):
 
     layer = BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=dtype)
     layer.build(shape)
-    # On PyTorch this is the fused path; elsewhere Keras' own code.
-    assert layer._use_fused_training(x, None) == (keras.backend.backend() == "torch")
+    # On PyTorch and TensorFlow this is the fused path; on JAX Keras' own code.
+    assert layer._use_fused_training(x.astype(dtype), None) == (keras.backend.backend() in ("torch", "tensorflow"))
     layer.set_weights([gamma, beta, moving_mean, moving_variance])
     tolerance = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x.astype(dtype), training=True)), outputs,

@@ -22,10 +22,12 @@ KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
-def build_key(*sources):
-    """A short hash of this CPU's instruction sets and of `sources` (and the
-    shared header): a new CPU or an edited source gets a new build."""
+def build_key(*sources, flags=()):
+    """A short hash of this CPU's instruction sets, of `sources` (and the
+    shared header) and of extra compiler `flags`: a new CPU, an edited
+    source or another framework build gets a new build."""
     digest = hashlib.sha1(platform.machine().encode())
+    digest.update(" ".join(flags).encode())
     try:
         with open("/proc/cpuinfo") as f:
             digest.update(next((line for line in f if line.startswith(("flags", "Features"))), "").encode())
@@ -59,7 +61,7 @@ def kernel_dir(cache_dir=None, library=None):
     return Path(cache.private_dir(cache_dir or os.path.join(cache.cache_dir(), "kernels"), library_problem))
 
 
-def shared_library(source, include_dirs=(), cache_dir=None):
+def shared_library(source, include_dirs=(), cache_dir=None, flags=()):
     """Compiles `source` into a shared library once per machine and source.
 
     Args:
@@ -68,6 +70,8 @@ def shared_library(source, include_dirs=(), cache_dir=None):
             so their warnings stay quiet).
         cache_dir: where builds are kept; default
             `$INVOLUTION_CACHE/kernels` (`~/.cache/involution/kernels`).
+        flags: extra compiler and linker flags (a framework's headers'
+            defines, its libraries), also part of the build's key.
 
     Returns:
         The library's path.
@@ -76,7 +80,7 @@ def shared_library(source, include_dirs=(), cache_dir=None):
         RuntimeError: no C++ compiler, or the build failed (its messages).
     """
     source = Path(source)
-    name = f"{source.stem}_{build_key(source)}.so"
+    name = f"{source.stem}_{build_key(source, flags=flags)}.so"
     target = kernel_dir(cache_dir, name) / name
     if target.exists():
         return target
@@ -88,7 +92,7 @@ def shared_library(source, include_dirs=(), cache_dir=None):
     partial = target.with_name(f"{target.stem}.{os.getpid()}.partial")
     command = [compiler, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
     command += [f"-isystem{directory}" for directory in include_dirs]
-    command += [str(source), "-o", str(partial)]
+    command += [str(source), "-o", str(partial), *flags]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

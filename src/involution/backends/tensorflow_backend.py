@@ -1,30 +1,50 @@
-"""The TensorFlow fast path: `tf.custom_gradient` compiled with XLA.
+"""The TensorFlow fast paths: fused C++ ops on the CPU, else XLA.
 
-Keras does not XLA-compile training on CPU-only TensorFlow, so the apply
-step compiles itself (`jit_compile=True`): XLA fuses the shift-and-accumulate
-loop into a few passes over memory. It does so only where that pays and is
-safe (`_own_cluster_pays`): not inside an XLA-compiled caller, not in the
-graphs that `model.export` writes, not under forward mode.
+Three paths, chosen per traced call (`_path`):
 
-Unlike the other fast paths this one works channels-last, in the grouped
-layout `(B, H, W, G, C/G)`: XLA's CPU loops vectorise the innermost
-(channel) axis well, and `channels_last` inputs, the Keras default, then need
-no transposes, which on small feature maps cost as much as the apply step
-(measured 1.2-2x faster than a grouped channels-first version on CIFAR-sized
-maps, see `docs/design.md`).
+- `"native"`: on CPU-only TensorFlow, for float32/float64, the apply step
+  and its two gradients are the fused loops of `involution_kernels.h` (the
+  PyTorch and JAX backends' loops) as TensorFlow ops (`involution_tf.cpp`,
+  compiled on first use into the private kernel cache), each registered as
+  the others' gradient, so derivatives of any order run them. TensorFlow's
+  own autodiff of the taps costs several passes over memory per tap.
+- `"xla"`: elsewhere (GPUs, half precision, no C++ compiler) the apply
+  step compiles itself (`jit_compile=True`), since Keras does not
+  XLA-compile training on CPU-only TensorFlow: XLA fuses the
+  shift-and-accumulate loop into a few passes over memory.
+- `"ops"`: plain TensorFlow ops, inside an XLA-compiled caller (which
+  compiles them with everything else; neither a custom op nor a nested
+  cluster can be), in the graphs that exporters trace (so that artifacts
+  run without this package, ONNX included), and under forward mode where
+  the C++ ops are not available.
+
+The XLA and plain forms work channels-last, in the grouped layout
+`(B, H, W, G, C/G)`: XLA's CPU loops vectorise the innermost (channel) axis
+well, and `channels_last` inputs, the Keras default, then need no
+transposes, which on small feature maps cost as much as the apply step
+(measured 1.2-2x faster than a grouped channels-first version on
+CIFAR-sized maps, see `docs/design.md`).
 """
 
 import functools
+import os
 import sys
+import warnings
+from pathlib import Path
 
 import tensorflow as tf
 
 # Internal, but the only way to ask whether the current graph is compiled by
-# XLA, records gradients or carries tangents; `_own_cluster_pays` is their one user.
-from tensorflow.python.eager import forwardprop_util, record
+# XLA or carries tangents; `_path` is their one user.
+from tensorflow.python.eager import forwardprop_util
 from tensorflow.python.ops import control_flow_util
 
-from involution.backends import padding, tap_offsets
+from involution.backends import native, padding, tap_offsets
+
+# Set to 0 to skip building the C++ ops (the XLA path runs instead).
+NATIVE_ENV = "INVOLUTION_TF_NATIVE"
+_NATIVE_SOURCE = Path(__file__).with_name("involution_tf.cpp")
+_GEOMETRY = ("groups", "kernel_size", "stride", "dilation")
 
 # Spatial axes of the grouped channels-last layout (B, H, W, G, C/G).
 _ROWS, _COLS = 1, 2
@@ -153,28 +173,104 @@ def _compiled(kernel_size, stride, dilation, groups, data_format):
     )
 
 
-def _own_cluster_pays(inputs, kernel):
-    """Whether to compile the apply step as its own XLA cluster.
+@functools.lru_cache(maxsize=None)
+def _native_ops():
+    """Builds and loads the C++ ops once; None where they cannot be."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    try:
+        compile_flags = tf.sysconfig.get_compile_flags()
+        includes = [flag[2:] for flag in compile_flags if flag.startswith("-I")]
+        # The framework's version is part of the build's key: its headers' ABI.
+        flags = [flag for flag in compile_flags if not flag.startswith("-I")] + tf.sysconfig.get_link_flags()
+        flags.append(f"-DINVOLUTION_TENSORFLOW_VERSION={tf.__version__}")
+        operations = tf.load_op_library(str(native.shared_library(_NATIVE_SOURCE, includes, flags=flags)))
+    except Exception as error:  # no compiler, a build error, missing headers...
+        warnings.warn(
+            f"involution: the fused CPU kernels could not be built for TensorFlow ({type(error).__name__}: "
+            f"{error}); using XLA's path. Set {NATIVE_ENV}=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    _register_gradients(operations)
+    return operations
 
-    Eagerly and in `tf.function` graphs (Keras' training and prediction
-    steps, which on CPU-only TensorFlow Keras does not compile) it does: XLA
-    fuses the taps into a few passes over memory. Inside an XLA-compiled
-    function (`jit_compile=True`) the step is compiled with its caller
-    already, and a nested cluster would only make the caller retrace; under
-    forward-mode differentiation it would fail (see below); and in the
-    graphs an exporter traces the step stays plain ops, so that exported
-    graphs (ONNX in particular) hold no XLA-only function call.
-    """
+
+def _register_gradients(operations):
+    # The apply step A(x, kernel) and its gradients Gx(grad, kernel, size)
+    # and Gk(x, grad) are bilinear, and each one's gradient is made of the
+    # other two (as in the JAX backend):
+    #   A:  x <- Gx(ct, kernel)     kernel <- Gk(x, ct)
+    #   Gx: grad <- A(ct, kernel)   kernel <- Gk(ct, grad)
+    #   Gk: x <- Gx(grad, ct)       grad <- A(x, ct)
+    def geometry(op):
+        return {name: op.get_attr(name) for name in _GEOMETRY}
+
+    def size(x):
+        return tf.shape(x, out_type=tf.int32)[1:3]
+
+    @tf.RegisterGradient("InvolutionApply")
+    def _apply_gradient(op, ct):
+        x, kernel = op.inputs
+        return (operations.involution_input_gradient(ct, kernel, size(x), **geometry(op)),
+                operations.involution_correlate(x, ct, **geometry(op)))
+
+    @tf.RegisterGradient("InvolutionInputGradient")
+    def _input_gradient_gradient(op, ct):
+        grad, kernel, _ = op.inputs
+        return (operations.involution_apply(ct, kernel, **geometry(op)),
+                operations.involution_correlate(ct, grad, **geometry(op)), None)
+
+    @tf.RegisterGradient("InvolutionCorrelate")
+    def _correlate_gradient(op, ct):
+        x, grad = op.inputs
+        return (operations.involution_input_gradient(grad, ct, size(x), **geometry(op)),
+                operations.involution_apply(x, ct, **geometry(op)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_only():
+    return not tf.config.list_logical_devices("GPU")
+
+
+def prepare():
+    if _cpu_only():
+        _native_ops()
+
+
+def _native_runs(inputs, kernel):
+    return (inputs.dtype in (tf.float32, tf.float64) and kernel.dtype == inputs.dtype and _cpu_only()
+            and _native_ops() is not None)
+
+
+def _path(inputs, kernel):
+    """`"native"`, `"xla"` or `"ops"` for this call (see the module's docstring)."""
+    if not tf.executing_eagerly():
+        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            return "ops"
+        if _exporting():
+            return "ops"
+    if _native_runs(inputs, kernel):
+        return "native"
     if forwardprop_util.pack_tangents([inputs, kernel]).indices:
         # Forward mode differentiates the custom gradient's own gradient,
         # which inside an XLA cluster meets slicing gradients (XLA's
         # dynamic-update-slice) that TensorFlow cannot differentiate.
-        return False
-    if tf.executing_eagerly():
-        return True
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        return False
-    return not _exporting()
+        return "ops"
+    return "xla"
+
+
+def _native_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    if data_format == "channels_first":
+        inputs = tf.transpose(inputs, (0, 2, 3, 1))
+        kernel = tf.transpose(kernel, (0, 2, 3, 1))
+    output = _native_ops().involution_apply(
+        inputs, kernel, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation
+    )
+    if data_format == "channels_first":
+        output = tf.transpose(output, (0, 3, 1, 2))
+    return output
 
 
 # Modules whose functions trace a model for an artifact: Keras' exporters
@@ -233,7 +329,10 @@ def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_forma
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
     with tf.control_dependencies(checks):
-        if _own_cluster_pays(inputs, kernel):
+        path = _path(inputs, kernel)
+        if path == "native":
+            return _native_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+        if path == "xla":
             return _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel)
         return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
 
@@ -244,3 +343,36 @@ def apply_support(inputs, kernel, groups, data_format):
 
 def apply_preferred(inputs, groups, data_format):
     return True
+
+
+def batch_norm_support(inputs):
+    dtype = tf.as_dtype(inputs.dtype)
+    if dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        return f"TensorFlow's fused batch normalization takes no {dtype.name} inputs"
+    return None
+
+
+def batch_norm_training(inputs, gamma, beta, epsilon):
+    """Training-mode batch normalization over the last axis, one fused op.
+
+    Returns `(outputs, mean, variance)`, the variance biased (Keras'). The
+    map is viewed as `(pixels, 1, 1, channels)` for TensorFlow's fused
+    kernel, whose gradient is one fused op too; Keras' own formulation
+    takes about a dozen elementwise passes forward and back.
+    """
+    channels = inputs.shape[-1]
+    flat = tf.reshape(inputs, (-1, 1, 1, channels))
+    ones = tf.ones((channels,), tf.float32)
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        flat,
+        ones if gamma is None else tf.cast(gamma, tf.float32),
+        tf.zeros_like(ones) if beta is None else tf.cast(beta, tf.float32),
+        epsilon=epsilon,
+        data_format="NHWC",
+        is_training=True,
+    )
+    # The fused op returns the variance with Bessel's correction, n / (n - 1)
+    # (1 for a single value); Keras' moving statistics use the biased one.
+    count = tf.cast(tf.shape(flat)[0], variance.dtype)
+    variance = variance * tf.maximum(count - 1.0, 1.0) / count
+    return tf.reshape(outputs, tf.shape(inputs)), tf.stop_gradient(mean), tf.stop_gradient(variance)

@@ -1,0 +1,240 @@
+"""Benchmark: whole-network training steps of every registry model against `conv`.
+
+For every installed backend, every registry model and both `jit_compile`
+settings, one fresh process builds the model and the Keras example's conv
+model, compiles both as a user would (Adam, sparse categorical
+cross-entropy on logits, accuracy), and takes `train_on_batch` steps on a
+random CIFAR-sized batch, alternating a conv step and a model step, so
+that both see the same machine load. Each cell reports the median step
+time of both and their ratio. Keras' default compile (`jit_compile="auto"`)
+is `False` on CPU-only TensorFlow and on PyTorch (where `True` means
+`torch.compile`), and `True` on JAX (where `False` runs the step op by op).
+
+Results go to `--json` after every cell, and a rerun with the same file
+resumes where it stopped (`--fresh` starts over); `--markdown` writes the
+table.
+
+Usage:
+    python benchmarks/networks.py --json networks.json --markdown networks.md
+    python benchmarks/networks.py --backends tensorflow --models conv,invnet --jit off
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from bench_involution import installed_backends, machine_description, _save_json
+
+BASELINE = "conv"
+JIT_SETTINGS = {"off": False, "on": True}
+# What `jit_compile="auto"` resolves to on a CPU-only machine.
+KERAS_DEFAULT = {"tensorflow": "off", "jax": "on", "torch": "off"}
+
+
+# Worker: one backend, one jit setting, one model (against conv) ------------------
+
+
+def worker(model_name, jit, batch_size, warmup, repeats, budget):
+    import numpy as np
+
+    import keras
+    from involution.models import create_model
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (batch_size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, (batch_size, 1))
+
+    def build(name):
+        keras.utils.set_random_seed(0)
+        model = create_model(name, input_shape=(32, 32, 3), num_classes=10)
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], jit_compile=JIT_SETTINGS[jit])
+        return model
+
+    def step(model):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        return time.perf_counter() - start
+
+    names = [BASELINE] if model_name == BASELINE else [BASELINE, model_name]
+    models = {name: build(name) for name in names}
+    first_step_s = {name: step(model) for name, model in models.items()}
+    for _ in range(warmup - 1):
+        for model in models.values():
+            step(model)
+    times = {name: [] for name in names}
+    started = time.perf_counter()
+    while len(times[model_name]) < repeats:
+        for name in names:
+            times[name].append(step(models[name]))
+        if len(times[model_name]) >= 3 and time.perf_counter() - started > budget:
+            break
+    return {
+        "model_ms": 1000 * statistics.median(times[model_name]),
+        "conv_ms": 1000 * statistics.median(times[BASELINE]),
+        "steps": len(times[model_name]),
+        "params": models[model_name].count_params(),
+        "jit_compile": bool(models[model_name].jit_compile),
+        "first_step_s": first_step_s[model_name],
+    }
+
+
+# Driver ----------------------------------------------------------------------------
+
+
+def run_cell(backend, model_name, jit, args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, jit,
+               "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+               "--repeats", str(args.repeats), "--budget", str(args.budget)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def registry_models():
+    # The registry's names, without importing Keras into the driver.
+    code = "from involution.models import list_models; print(','.join(list_models()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return done.stdout.strip().splitlines()[-1].split(",")
+
+
+def _ms(value):
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def format_markdown(results, backends, models):
+    lines = [
+        "| model | params | " + " | ".join(
+            f"{backend} jit {jit}{' (default)' if KERAS_DEFAULT.get(backend) == jit else ''}"
+            for backend in backends for jit in JIT_SETTINGS
+        ) + " |",
+        "|---|---:|" + "---:|" * (len(backends) * len(JIT_SETTINGS)),
+    ]
+    for name in models:
+        params = None
+        cells = []
+        for backend in backends:
+            for jit in JIT_SETTINGS:
+                cell = results.get(backend, {}).get(jit, {}).get(name)
+                if cell is None:
+                    cells.append("")
+                elif "error" in cell:
+                    cells.append("failed")
+                else:
+                    params = cell["params"]
+                    ratio = cell["model_ms"] / cell["conv_ms"]
+                    cells.append(_ms(cell["model_ms"]) + (" ms" if name == BASELINE else f" ms, {ratio:.2f}×"))
+        lines.append(f"| `{name}` | {params:,} | " if params else f"| `{name}` | | ")
+        lines[-1] += " | ".join(cells) + " |"
+    return "\n".join(lines)
+
+
+def summary(results, backends, model="invnet"):
+    """The targets' ratios: per backend, and fastest against fastest."""
+    lines = []
+    fastest = {}
+    for backend in backends:
+        for jit in JIT_SETTINGS:
+            cell = results.get(backend, {}).get(jit, {}).get(model)
+            if not cell or "error" in cell:
+                continue
+            for name, key in ((model, "model_ms"), (BASELINE, "conv_ms")):
+                if name not in fastest or cell[key] < fastest[name][0]:
+                    fastest[name] = (cell[key], f"{backend}, jit {jit}")
+        default = results.get(backend, {}).get(KERAS_DEFAULT.get(backend, "off"), {}).get(model)
+        measured = [results[backend][jit][model] for jit in JIT_SETTINGS
+                    if model in results.get(backend, {}).get(jit, {})
+                    and "error" not in results[backend][jit][model]]
+        if default and "error" not in default:
+            line = f"- {backend}: `{model}` / `conv`, Keras' default compile: {default['model_ms'] / default['conv_ms']:.2f}×"
+            if measured:
+                quickest = min(measured, key=lambda c: c["model_ms"])
+                conv_quickest = min(c["conv_ms"] for c in measured)
+                line += (f"; each at its faster setting: {quickest['model_ms']:.0f} / {conv_quickest:.0f} ms = "
+                         f"{quickest['model_ms'] / conv_quickest:.2f}×")
+            lines.append(line)
+    if model in fastest and BASELINE in fastest:
+        (model_ms, where), (conv_ms, conv_where) = fastest[model], fastest[BASELINE]
+        lines.append(f"- fastest `{model}` ({where}) / fastest `conv` ({conv_where}): "
+                     f"{model_ms:.0f} / {conv_ms:.0f} ms = {model_ms / conv_ms:.2f}×")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
+    parser.add_argument("--models", default=None, help="comma-separated registry names (default: all)")
+    parser.add_argument("--jit", default="off,on", help="off, on or off,on (default)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=3, help="steps of each model before timing (the first compiles)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps of each model")
+    parser.add_argument("--budget", type=float, default=60.0,
+                        help="seconds of timed steps per cell, after which it stops at 3 steps or more")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
+    parser.add_argument("--json", help="write the results here after every cell, and resume from them")
+    parser.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
+    parser.add_argument("--markdown", help="also write the table here")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "JIT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        model_name, jit = args.worker
+        result = worker(model_name, jit, args.batch_size, args.warmup, args.repeats, args.budget)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    backends = args.backends.split(",") if args.backends else installed_backends()
+    models = args.models.split(",") if args.models else registry_models()
+    if BASELINE not in models:
+        models.insert(0, BASELINE)
+    jits = args.jit.split(",")
+    for jit in jits:
+        if jit not in JIT_SETTINGS:
+            parser.error(f"--jit takes off, on or off,on. Received: --jit={args.jit}")
+    results = {}
+    if args.json and os.path.exists(args.json) and not args.fresh:
+        with open(args.json) as f:
+            results = json.load(f)
+        print(f"Resuming from {args.json} (--fresh to start over).")
+    results["machine"] = machine_description()
+    results["batch_size"] = args.batch_size
+    for backend in backends:
+        for jit in jits:
+            for name in models:
+                cells = results.setdefault(backend, {}).setdefault(jit, {})
+                if name in cells and "error" not in cells[name]:
+                    continue
+                started = time.perf_counter()
+                cell = run_cell(backend, name, jit, args)
+                cells[name] = cell
+                _save_json(args.json, results)
+                if "error" in cell:
+                    text = f"failed: {cell['error']}"
+                else:
+                    text = (f"{cell['model_ms']:8.1f} ms  conv {cell['conv_ms']:7.1f} ms  "
+                            f"{cell['model_ms'] / cell['conv_ms']:5.2f}x  ({cell['steps']} steps)")
+                print(f"{backend:10s} jit {jit:3s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",
+                      flush=True)
+    table = format_markdown(results, backends, models)
+    text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam; median ms per "
+            f"`train_on_batch` step, and the ratio to `conv` measured alongside in the same process.\n\n"
+            f"{table}\n\n{summary(results, backends)}\n")
+    print("\n" + text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+// Fused involution apply step for TensorFlow on the CPU: op kernels around
+// the loops of involution_kernels.h, run on TensorFlow's intra-op threads.
+//
+// Three ops, channels-last: InvolutionApply (x, kernel) -> output, and its
+// two gradients InvolutionInputGradient (grad, kernel, input_size) -> grad_x
+// and InvolutionCorrelate (x, grad) -> grad_kernel, which are also each
+// other's gradients (tensorflow_backend.py registers them), so derivatives
+// of any order run these loops. Attributes: groups, kernel_size, stride,
+// dilation.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace involution {
+// The op being computed sets its device's intra-op pool here; the loops'
+// parallel_for, called on the same thread, splits work across it.
+thread_local tensorflow::thread::ThreadPool* current_pool = nullptr;
+
+// One contiguous chunk of [begin, end) per pool thread (rows cost alike).
+template <typename Fn>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
+  const int64_t total = end - begin;
+  if (total <= 0) return;
+  tensorflow::thread::ThreadPool* pool = current_pool;
+  const int64_t threads = pool ? pool->NumThreads() : 1;
+  const int64_t chunks = std::min<int64_t>(threads, std::max<int64_t>(1, total / std::max<int64_t>(1, grain)));
+  if (chunks <= 1) {
+    fn(begin, end);
+    return;
+  }
+  pool->ParallelFor(chunks, tensorflow::thread::ThreadPool::SchedulingParams::Fixed(1),
+                    [&](int64_t first, int64_t last) {
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t lo = begin + total * chunk / chunks, hi = begin + total * (chunk + 1) / chunks;
+      if (lo < hi) fn(lo, hi);
+    }
+  });
+}
+}  // namespace involution
+
+#include "involution_kernels.h"
+
+namespace {
+
+using involution::Geometry;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace shape_inference = tensorflow::shape_inference;
+
+#define INVOLUTION_GEOMETRY_ATTRS                                                                   \
+  Attr("T: {float, double}").Attr("groups: int").Attr("kernel_size: int").Attr("stride: int").Attr( \
+      "dilation: int")
+
+// (B, Ho, Wo, depth) from a (B, Ho, Wo, ...) input and a depth.
+absl::Status grid_shape(shape_inference::InferenceContext* c, int grid_input,
+                              shape_inference::DimensionHandle depth) {
+  shape_inference::ShapeHandle grid;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(grid_input), 4, &grid));
+  shape_inference::ShapeHandle leading;
+  TF_RETURN_IF_ERROR(c->Subshape(grid, 0, 3, &leading));
+  shape_inference::ShapeHandle out;
+  TF_RETURN_IF_ERROR(c->Concatenate(leading, c->Vector(depth), &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("InvolutionApply")
+    .Input("x: T")
+    .Input("kernel: T")
+    .Output("output: T")
+    .INVOLUTION_GEOMETRY_ATTRS
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      return grid_shape(c, 1, c->Dim(x, 3));
+    });
+
+REGISTER_OP("InvolutionInputGradient")
+    .Input("grad: T")
+    .Input("kernel: T")
+    .Input("input_size: int32")
+    .Output("grad_x: T")
+    .INVOLUTION_GEOMETRY_ATTRS
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle grad, size;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &grad));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &size));
+      TF_RETURN_IF_ERROR(c->WithRank(size, 2, &size));
+      shape_inference::ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(c->Dim(grad, 0)), size, &out));
+      TF_RETURN_IF_ERROR(c->Concatenate(out, c->Vector(c->Dim(grad, 3)), &out));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("InvolutionCorrelate")
+    .Input("x: T")
+    .Input("grad: T")
+    .Output("grad_kernel: T")
+    .INVOLUTION_GEOMETRY_ATTRS
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      int64_t groups, kernel_size;
+      TF_RETURN_IF_ERROR(c->GetAttr("groups", &groups));
+      TF_RETURN_IF_ERROR(c->GetAttr("kernel_size", &kernel_size));
+      return grid_shape(c, 1, c->MakeDim(groups * kernel_size * kernel_size));
+    });
+
+absl::Status invalid(const std::string& message) {
+  return absl::InvalidArgumentError("involution_tf: " + message);
+}
+
+// Every op: the geometry attributes, and checks of every shape the loops
+// rely on, whatever the graph declared, before any loop runs.
+class InvolutionOp : public OpKernel {
+ public:
+  explicit InvolutionOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(context, context->GetAttr("kernel_size", &kernel_size_));
+    OP_REQUIRES_OK(context, context->GetAttr("stride", &stride_));
+    OP_REQUIRES_OK(context, context->GetAttr("dilation", &dilation_));
+  }
+
+ protected:
+  // Geometry of an input shaped (B, H, W, C) and a grid tensor (B, Ho, Wo, depth).
+  absl::Status geometry(const TensorShape& x, const TensorShape& grid, int64_t depth, const char* grid_name,
+                              Geometry* g) const {
+    if (x.dims() != 4 || grid.dims() != 4) {
+      return invalid("expected 4D tensors, got " + x.DebugString() + " and " + grid_name + " " + grid.DebugString());
+    }
+    *g = Geometry{x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3), grid.dim_size(1), grid.dim_size(2),
+                  groups_, kernel_size_, stride_, dilation_, dilation_ * (std::max<int64_t>(kernel_size_, 1) - 1) / 2};
+    if (const char* problem = involution::invalid_geometry(*g)) return invalid(problem);
+    if (depth < 0) depth = g->channels;
+    const int64_t dims[4] = {grid.dim_size(0), grid.dim_size(1), grid.dim_size(2), grid.dim_size(3)};
+    if (!involution::on_output_grid(*g, dims, depth)) {
+      return invalid(std::string(grid_name) + " has shape " + grid.DebugString() + ", expected (" +
+                     std::to_string(g->batch) + ", " + std::to_string(g->out_h) + ", " + std::to_string(g->out_w) +
+                     ", " + std::to_string(depth) + ")");
+    }
+    return absl::OkStatus();
+  }
+
+  int64_t taps() const { return groups_ * kernel_size_ * kernel_size_; }
+
+  // Runs the loops on this device's intra-op threads.
+  template <typename Fn>
+  void on_threads(OpKernelContext* context, Fn fn) {
+    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
+    fn();
+    involution::current_pool = nullptr;
+  }
+
+  int64_t groups_, kernel_size_, stride_, dilation_;
+};
+
+template <typename T>
+class ApplyOp : public InvolutionOp {
+ public:
+  using InvolutionOp::InvolutionOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& kernel = context->input(1);
+    Geometry g;
+    OP_REQUIRES_OK(context, geometry(x.shape(), kernel.shape(), taps(), "kernel", &g));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.channels}), &out));
+    on_threads(context, [&] {
+      involution::forward<T>(x.flat<T>().data(), kernel.flat<T>().data(), out->flat<T>().data(), g);
+    });
+  }
+};
+
+template <typename T>
+class InputGradientOp : public InvolutionOp {
+ public:
+  using InvolutionOp::InvolutionOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& grad = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& size = context->input(2);
+    OP_REQUIRES(context, size.dims() == 1 && size.NumElements() == 2,
+                invalid("input_size must hold (height, width), got shape " + size.shape().DebugString()));
+    OP_REQUIRES(context, grad.dims() == 4, invalid("grad must be 4D, got " + grad.shape().DebugString()));
+    const auto hw = size.flat<int32_t>();
+    OP_REQUIRES(context, hw(0) >= 0 && hw(1) >= 0, invalid("negative input_size"));
+    const TensorShape x_shape({grad.dim_size(0), hw(0), hw(1), grad.dim_size(3)});
+    Geometry g;
+    OP_REQUIRES_OK(context, geometry(x_shape, kernel.shape(), taps(), "kernel", &g));
+    OP_REQUIRES_OK(context, geometry(x_shape, grad.shape(), -1, "grad", &g));
+    Tensor* grad_x = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x_shape, &grad_x));
+    Tensor regrouped;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DataTypeToEnum<T>::value, kernel.shape(), &regrouped));
+    on_threads(context, [&] {
+      involution::input_gradient<T>(kernel.flat<T>().data(), grad.flat<T>().data(), grad_x->flat<T>().data(),
+                                    regrouped.flat<T>().data(), g);
+    });
+  }
+};
+
+template <typename T>
+class CorrelateOp : public InvolutionOp {
+ public:
+  using InvolutionOp::InvolutionOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& grad = context->input(1);
+    Geometry g;
+    OP_REQUIRES_OK(context, geometry(x.shape(), grad.shape(), -1, "grad", &g));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, taps()}), &out));
+    on_threads(context, [&] {
+      involution::kernel_gradient<T>(x.flat<T>().data(), grad.flat<T>().data(), out->flat<T>().data(), g);
+    });
+  }
+};
+
+#define INVOLUTION_REGISTER(T)                                                                           \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          ApplyOp<T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                               \
+      Name("InvolutionInputGradient").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T").HostMemory(  \
+          "input_size"),                                                                                 \
+      InputGradientOp<T>);                                                                               \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionCorrelate").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          CorrelateOp<T>);
+
+INVOLUTION_REGISTER(float)
+INVOLUTION_REGISTER(double)
+
+}  // namespace
