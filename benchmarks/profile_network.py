@@ -86,14 +86,15 @@ def _runners(fn, variables, inputs, jit):
         outputs = pure(values, xs)
         cotangents = [jnp.asarray(rng.standard_normal(o.shape).astype("float32")) for o in outputs]
 
-        def loss(values, xs):
+        # The cotangents are arguments, not constants XLA could fold.
+        def loss(values, xs, cotangents):
             return sum(jnp.sum(o * c) for o, c in zip(pure(values, xs), cotangents))
 
         forward = jax.jit(pure) if jit else pure
         backward = jax.value_and_grad(loss, argnums=(0, 1))
         backward = jax.jit(backward) if jit else backward
         return (lambda: jax.block_until_ready(forward(values, xs)),
-                lambda: jax.block_until_ready(backward(values, xs)))
+                lambda: jax.block_until_ready(backward(values, xs, cotangents)))
     import torch
 
     xs = [torch.tensor(x, requires_grad=True) for x in inputs]

@@ -55,9 +55,12 @@ def test_no_nested_xla_cluster_in_compiled_graphs():
             loss = tf.reduce_sum(model(inputs, training=True))
         return tape.gradient(loss, variables)
 
-    def calls(function, *args):
+    def calls(function, *args, kinds=("PartitionedCall", "StatefulPartitionedCall")):
         graph = function.get_concrete_function(*args).graph.as_graph_def()
-        return [n.op for n in graph.node if n.op in ("PartitionedCall", "StatefulPartitionedCall")]
+        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        return [n.op for n in nodes if n.op in kinds]
+
+    native = ("InvolutionApply",)
 
     # Compiled as a whole: the apply step is part of the caller's cluster,
     # so the caller traces once for every call of the same shape.
@@ -66,14 +69,15 @@ def test_no_nested_xla_cluster_in_compiled_graphs():
         step(tf.constant(x + batch))
     assert step.experimental_get_tracing_count() == 1
     assert not calls(step, tf.constant(x))
-    # Prediction and training graphs that Keras does not compile keep the
-    # step's own cluster.
-    assert calls(tf.function(lambda inputs: model(inputs)), tf.constant(x))
-    assert calls(tf.function(loss_and_gradients), tf.constant(x))
+    assert not calls(step, tf.constant(x), kinds=native)
+    # Prediction and training graphs that Keras does not compile run the
+    # C++ op on the CPU (the step's own XLA cluster where it cannot run).
+    assert calls(tf.function(lambda inputs: model(inputs)), tf.constant(x), kinds=native)
+    assert calls(tf.function(loss_and_gradients), tf.constant(x), kinds=native)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow graphs")
-def test_exported_graphs_hold_no_xla_function(tmp_path):
+def test_exported_graphs_hold_no_xla_function_or_custom_op(tmp_path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     model = one_layer_model()
@@ -84,6 +88,10 @@ def test_exported_graphs_hold_no_xla_function(tmp_path):
     functions = [f for graph in saved.meta_graphs for f in graph.graph_def.library.function]
     assert functions  # the serving function and its callees
     assert not [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+    # Nor this package's C++ ops: the artifact runs without it.
+    ops = {n.op for graph in saved.meta_graphs for n in graph.graph_def.node}
+    ops |= {n.op for f in functions for n in f.node_def}
+    assert not {op for op in ops if op.startswith("Involution")}
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
