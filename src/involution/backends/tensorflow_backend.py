@@ -345,6 +345,28 @@ def apply_preferred(inputs, groups, data_format):
     return True
 
 
+def window_correlation_support(keys, queries):
+    if not tf.executing_eagerly() and (
+        control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()) or _exporting()
+    ):
+        return "XLA-compiled and exported graphs get the portable path"
+    dtype = tf.as_dtype(keys.dtype)
+    if dtype not in (tf.float32, tf.float64) or not _cpu_only():
+        return f"it runs float32/float64 on CPU-only TensorFlow (received {dtype.name})"
+    if _native_ops() is None:
+        return "the fused CPU kernels could not be built (see the warning)"
+    return None
+
+
+def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
+    """keys `(B, H, W, C)`, queries `(B, Ho, Wo, C)` -> `(B, Ho, Wo, G*K*K)`:
+    per group, each query's dot products with its window of keys (local
+    attention's logits), by the fused op (the apply step's kernel gradient)."""
+    return _native_ops().involution_correlate(
+        keys, queries, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation
+    )
+
+
 def batch_norm_support(inputs):
     dtype = tf.as_dtype(inputs.dtype)
     if dtype not in (tf.float16, tf.bfloat16, tf.float32):
