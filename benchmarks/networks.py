@@ -4,13 +4,15 @@ For every installed backend, every registry model and both `jit_compile`
 settings, one fresh process builds the model and the Keras example's conv
 model, compiles both as a user would (Adam, sparse categorical
 cross-entropy on logits, accuracy), and takes `train_on_batch` steps on a
-random CIFAR-sized batch, alternating a conv step and a model step, so
-that both see the same machine load. Each cell reports the median step
+random CIFAR-sized batch, in rounds of a few conv steps and a few model
+steps, so that both see the same machine load. Each cell reports the median step
 time of both and their ratio. Keras' default compile (`jit_compile="auto"`)
 is `False` on CPU-only TensorFlow and on PyTorch (where `True` means
 `torch.compile`), and `True` on JAX (where `False` runs the step op by op).
 
-Results go to `--json` after every cell, and a rerun with the same file
+The worker processes run with malloc keeping freed memory, as `involution
+compare` sets it up (`involution_cli.memory`; `--allocator system` for
+glibc's defaults). Results go to `--json` after every cell, and a rerun with the same file
 resumes where it stopped (`--fresh` starts over); `--markdown` writes the
 table.
 
@@ -28,8 +30,10 @@ import sys
 import time
 
 from bench_involution import installed_backends, machine_description, _save_json
+from involution_cli import memory
 
 BASELINE = "conv"
+STEPS_PER_ROUND = 3
 JIT_SETTINGS = {"off": False, "on": True}
 # What `jit_compile="auto"` resolves to on a CPU-only machine.
 KERAS_DEFAULT = {"tensorflow": "off", "jax": "on", "torch": "off"}
@@ -66,11 +70,15 @@ def worker(model_name, jit, batch_size, warmup, repeats, budget):
     for _ in range(warmup - 1):
         for model in models.values():
             step(model)
+    # Rounds of a few steps of each model in turn: both see the same drift in
+    # the machine's speed, and a step rarely follows the other model's (whose
+    # memory traffic would leave it colder caches than a training loop has).
     times = {name: [] for name in names}
     started = time.perf_counter()
     while len(times[model_name]) < repeats:
         for name in names:
-            times[name].append(step(models[name]))
+            step(models[name])  # untimed: back to this model's steady state
+            times[name] += [step(models[name]) for _ in range(STEPS_PER_ROUND)]
         if len(times[model_name]) >= 3 and time.perf_counter() - started > budget:
             break
     return {
@@ -88,6 +96,11 @@ def worker(model_name, jit, batch_size, warmup, repeats, budget):
 
 def run_cell(backend, model_name, jit, args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if args.allocator == "kept":
+        env.update(memory.ENVIRONMENT)
+    else:
+        for name in memory.ENVIRONMENT:
+            env.pop(name, None)
     command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, jit,
                "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                "--repeats", str(args.repeats), "--budget", str(args.budget)]
@@ -182,6 +195,9 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of timed steps per cell, after which it stops at 3 steps or more")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
+    parser.add_argument("--allocator", choices=("kept", "system"), default="kept",
+                        help="kept: malloc keeps freed memory, as `involution compare` sets it up "
+                             "(involution_cli.memory); system: glibc's defaults")
     parser.add_argument("--json", help="write the results here after every cell, and resume from them")
     parser.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     parser.add_argument("--markdown", help="also write the table here")
@@ -207,8 +223,10 @@ def main(argv=None):
         with open(args.json) as f:
             results = json.load(f)
         print(f"Resuming from {args.json} (--fresh to start over).")
-    results["machine"] = machine_description()
-    results["batch_size"] = args.batch_size
+    settings = {"machine": machine_description(), "batch_size": args.batch_size, "allocator": args.allocator}
+    if any(results.get(key, value) != value for key, value in settings.items() if key != "machine"):
+        parser.error(f"{args.json} holds a run with other settings; pass --fresh or another --json")
+    results.update(settings)
     for backend in backends:
         for jit in jits:
             for name in models:
@@ -227,7 +245,9 @@ def main(argv=None):
                 print(f"{backend:10s} jit {jit:3s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",
                       flush=True)
     table = format_markdown(results, backends, models)
-    text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam; median ms per "
+    allocator = ("malloc keeping freed memory (`involution_cli.memory`)" if args.allocator == "kept"
+                 else "glibc's default malloc")
+    text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam, {allocator}; median ms per "
             f"`train_on_batch` step, and the ratio to `conv` measured alongside in the same process.\n\n"
             f"{table}\n\n{summary(results, backends)}\n")
     print("\n" + text)

@@ -16,6 +16,8 @@ import re
 import shlex
 import sys
 
+from involution_cli import memory
+
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -191,6 +193,7 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, "-m", "involution", *argv],
                   dict(os.environ, KERAS_BACKEND=backend))
     os.environ["KERAS_BACKEND"] = backend
+    memory.keep_freed_memory()
     if not args.verbose:
         quiet_frameworks()
     from involution.app import cli
