@@ -10,9 +10,10 @@ time of both and their ratio. Keras' default compile (`jit_compile="auto"`)
 is `False` on CPU-only TensorFlow and on PyTorch (where `True` means
 `torch.compile`), and `True` on JAX (where `False` runs the step op by op).
 
-The worker processes run with malloc keeping freed memory, as `involution
-compare` sets it up (`involution_cli.memory`; `--allocator system` for
-glibc's defaults). Results go to `--json` after every cell, and a rerun with the same file
+The worker processes run with the C library's allocator as a Keras program
+gets it; `--allocator kept` runs them with malloc keeping freed memory, as
+`involution compare` sets it up (`involution_cli.memory`). Results go to
+`--json` after every cell, and a rerun with the same file
 resumes where it stopped (`--fresh` starts over); `--markdown` writes the
 table.
 
@@ -195,9 +196,9 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of timed steps per cell, after which it stops at 3 steps or more")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
-    parser.add_argument("--allocator", choices=("kept", "system"), default="kept",
-                        help="kept: malloc keeps freed memory, as `involution compare` sets it up "
-                             "(involution_cli.memory); system: glibc's defaults")
+    parser.add_argument("--allocator", choices=("system", "kept"), default="system",
+                        help="system: the C library's defaults, as a Keras program gets them; kept: malloc "
+                             "keeps freed memory, as `involution compare` sets it up (involution_cli.memory)")
     parser.add_argument("--json", help="write the results here after every cell, and resume from them")
     parser.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     parser.add_argument("--markdown", help="also write the table here")
@@ -227,9 +228,11 @@ def main(argv=None):
     if any(results.get(key, value) != value for key, value in settings.items() if key != "machine"):
         parser.error(f"{args.json} holds a run with other settings; pass --fresh or another --json")
     results.update(settings)
-    for backend in backends:
-        for jit in jits:
-            for name in models:
+    # Model by model, so that an interrupted run has every backend's cells
+    # for the models it reached.
+    for name in models:
+        for backend in backends:
+            for jit in jits:
                 cells = results.setdefault(backend, {}).setdefault(jit, {})
                 if name in cells and "error" not in cells[name]:
                     continue

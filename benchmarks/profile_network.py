@@ -98,13 +98,15 @@ def _runners(fn, variables, inputs, jit):
     import torch
 
     xs = [torch.tensor(x, requires_grad=True) for x in inputs]
+    weights = [v.value for v in variables]
     outputs = [o for o in _flatten(fn(*xs))]
     cotangents = [torch.tensor(rng.standard_normal(tuple(o.shape)).astype("float32")) for o in outputs]
     compiled = torch.compile(fn) if jit else fn
 
     def backward():
-        outs = _flatten(compiled(*xs))
-        torch.autograd.backward(outs, cotangents)
+        # Gradients returned, not accumulated into `.grad` (an extra pass
+        # over every input that a training step does not make).
+        return torch.autograd.grad(_flatten(compiled(*xs)), xs + weights, cotangents)
 
     return (lambda: _flatten(compiled(*xs))), backward
 

@@ -107,7 +107,8 @@ def test_native_ops_check_shapes_before_running():
 def test_which_path_runs_where():
     x = tf.zeros((1, 4, 4, 8))
     kernel = tf.zeros((1, 4, 4, 9))
-    path = tensorflow_backend._path
+    def path(x, kernel, group_channels=8):
+        return tensorflow_backend._path(x, kernel, group_channels)
 
     paths = ["native", "xla", "ops"]
 
@@ -119,6 +120,7 @@ def test_which_path_runs_where():
     assert traced(jit_compile=True) == "ops"  # inside XLA already
     with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)):
         assert path(x, kernel) == "native"  # the C++ ops differentiate in forward mode too
+    assert path(x, kernel, group_channels=4) == "xla"  # too few channels per group for the C++ loops
     half = tf.zeros((1, 4, 4, 8), tf.float16)
     assert path(half, tf.zeros((1, 4, 4, 9), tf.float16)) == "xla"
     with tf.autodiff.ForwardAccumulator(half, tf.ones_like(half)):
@@ -127,7 +129,7 @@ def test_which_path_runs_where():
 
 def test_without_the_native_ops_the_compiled_cluster_runs(monkeypatch):
     monkeypatch.setattr(tensorflow_backend, "_native_ops", lambda: None)
-    assert tensorflow_backend._path(tf.zeros((1, 4, 4, 8)), tf.zeros((1, 4, 4, 9))) == "xla"
+    assert tensorflow_backend._path(tf.zeros((1, 4, 4, 8)), tf.zeros((1, 4, 4, 9)), 8) == "xla"
 
 
 def test_unknown_sizes_are_checked_when_the_graph_runs():

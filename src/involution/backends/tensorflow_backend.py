@@ -2,7 +2,8 @@
 
 Three paths, chosen per traced call (`_path`):
 
-- `"native"`: on CPU-only TensorFlow, for float32/float64, the apply step
+- `"native"`: on CPU-only TensorFlow, for float32/float64 and at least 8
+  channels per group, the apply step
   and its two gradients are the fused loops of `involution_kernels.h` (the
   PyTorch and JAX backends' loops) as TensorFlow ops (`involution_tf.cpp`,
   compiled on first use into the private kernel cache), each registered as
@@ -239,19 +240,25 @@ def prepare():
         _native_ops()
 
 
-def _native_runs(inputs, kernel):
-    return (inputs.dtype in (tf.float32, tf.float64) and kernel.dtype == inputs.dtype and _cpu_only()
-            and _native_ops() is not None)
+# With fewer channels per group than this (the Keras example's 3), the C++
+# loops' vectors (8 channels wide) are mostly empty and XLA's program is
+# faster (as on JAX, `docs/design.md`).
+MIN_GROUP_CHANNELS = 8
 
 
-def _path(inputs, kernel):
+def _native_runs(inputs, kernel, group_channels):
+    return (inputs.dtype in (tf.float32, tf.float64) and kernel.dtype == inputs.dtype
+            and group_channels >= MIN_GROUP_CHANNELS and _cpu_only() and _native_ops() is not None)
+
+
+def _path(inputs, kernel, group_channels):
     """`"native"`, `"xla"` or `"ops"` for this call (see the module's docstring)."""
     if not tf.executing_eagerly():
         if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
             return "ops"
         if _exporting():
             return "ops"
-    if _native_runs(inputs, kernel):
+    if _native_runs(inputs, kernel, group_channels):
         return "native"
     if forwardprop_util.pack_tangents([inputs, kernel]).indices:
         # Forward mode differentiates the custom gradient's own gradient,
@@ -329,7 +336,8 @@ def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_forma
 def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
     with tf.control_dependencies(checks):
-        path = _path(inputs, kernel)
+        channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+        path = _path(inputs, kernel, channels // groups)
         if path == "native":
             return _native_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
         if path == "xla":
