@@ -148,7 +148,8 @@ def format_markdown(results, backends, models):
                 else:
                     params = cell["params"]
                     ratio = cell["model_ms"] / cell["conv_ms"]
-                    cells.append(_ms(cell["model_ms"]) + (" ms" if name == BASELINE else f" ms, {ratio:.2f}×"))
+                    cells.append(f"{_ms(cell['model_ms'])} ms" if name == BASELINE else
+                                 f"{_ms(cell['model_ms'])} / {_ms(cell['conv_ms'])} ms = **{ratio:.2f}×**")
         lines.append(f"| `{name}` | {params:,} | " if params else f"| `{name}` | | ")
         lines[-1] += " | ".join(cells) + " |"
     return "\n".join(lines)
@@ -251,7 +252,8 @@ def main(argv=None):
     allocator = ("malloc keeping freed memory (`involution_cli.memory`)" if args.allocator == "kept"
                  else "glibc's default malloc")
     text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam, {allocator}; median ms per "
-            f"`train_on_batch` step, and the ratio to `conv` measured alongside in the same process.\n\n"
+            f"`train_on_batch` step: the `conv` row alone, every other cell the model's step / the conv step measured "
+            f"alongside it in the same process = their ratio.\n\n"
             f"{table}\n\n{summary(results, backends)}\n")
     print("\n" + text)
     if args.markdown:
