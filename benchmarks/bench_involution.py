@@ -310,8 +310,16 @@ def train_worker(data, limit, epochs, batch_size, model_names=("conv", "involuti
 
 
 def _run_subprocess(backend, args, timeout):
+    return run_worker(__file__, backend, args, timeout)
+
+
+def run_worker(script, backend, args, timeout, environment=None):
+    """Runs `script` with `args` on `backend` in a fresh process: the JSON of
+    its `RESULT ` line, or `{"error": ...}`."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, os.path.abspath(__file__), *args]
+    env.update(environment or {})
+    env = {name: value for name, value in env.items() if value is not None}
+    command = [sys.executable, os.path.abspath(script), *args]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from bench_involution import installed_backends, machine_description, _save_json
+from bench_involution import installed_backends, machine_description, run_worker, _save_json
 from involution_cli import memory
 
 BASELINE = "conv"
@@ -96,23 +96,11 @@ def worker(model_name, jit, batch_size, warmup, repeats, budget):
 
 
 def run_cell(backend, model_name, jit, args):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    if args.allocator == "kept":
-        env.update(memory.ENVIRONMENT)
-    else:
-        for name in memory.ENVIRONMENT:
-            env.pop(name, None)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, jit,
-               "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--repeats", str(args.repeats), "--budget", str(args.budget)]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    # None removes a variable: glibc's defaults for `--allocator system`.
+    environment = memory.ENVIRONMENT if args.allocator == "kept" else dict.fromkeys(memory.ENVIRONMENT)
+    return run_worker(__file__, backend, ["--worker", model_name, jit, "--batch-size", str(args.batch_size),
+                                          "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                                          "--budget", str(args.budget)], args.timeout, environment)
 
 
 def registry_models():

@@ -5,6 +5,8 @@ checks each of them by name, values and float64 gradients.
 """
 
 import itertools
+import os
+import time
 
 import keras
 import numpy as np
@@ -103,3 +105,19 @@ def test_environment_variable_disables_the_extension(monkeypatch):
     monkeypatch.setattr(torch_backend, "_EXTENSION", None)
     assert torch_backend._extension() is None
     assert torch_backend.window_correlation_support(torch.zeros(1, 2, 2, 8), None) is not None
+
+
+def test_a_lock_left_by_a_killed_build_is_removed(tmp_path):
+    # PyTorch's builder would wait for it forever.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "lock").touch()
+    old = time.time() - torch_backend.STALE_LOCK_SECONDS - 60
+    os.utime(stale / "lock", (old, old))
+    with pytest.warns(RuntimeWarning, match="interrupted build"):
+        torch_backend._remove_stale_lock(stale)
+    assert not (stale / "lock").exists()
+    # A build in progress keeps its lock.
+    (tmp_path / "lock").touch()
+    torch_backend._remove_stale_lock(tmp_path)
+    assert (tmp_path / "lock").exists()

@@ -21,6 +21,7 @@ needs nothing of this package.
 """
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -54,6 +55,24 @@ def _extension():
     return _EXTENSION or None
 
 
+# PyTorch's builder holds `<build_directory>/lock` while it builds and waits,
+# without limit, for a lock another process holds. A build takes about a
+# minute; a lock far older was left by a process that was killed mid-build.
+STALE_LOCK_SECONDS = 15 * 60
+
+
+def _remove_stale_lock(build_directory):
+    lock = Path(build_directory) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        warnings.warn(f"involution: removing {lock}, left {age / 60:.0f} minutes ago by an interrupted build.",
+                      RuntimeWarning, stacklevel=4)
+        lock.unlink(missing_ok=True)
+
+
 def _build_extension():
     if os.environ.get(EXTENSION_ENV, "1") == "0":
         return None
@@ -64,6 +83,7 @@ def _build_extension():
         # PyTorch's builder loads `<build_directory>/<name>.so` and runs the
         # folder's build file: both must be the user's own.
         build_directory = native.kernel_dir(native.kernel_dir() / "torch" / name, library=f"{name}.so")
+        _remove_stale_lock(build_directory)
         return cpp_extension.load(
             name=name,
             build_directory=str(build_directory),
