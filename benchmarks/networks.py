@@ -115,19 +115,19 @@ def _ms(value):
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def format_markdown(results, backends, models):
+def format_markdown(results, backends, models, jits=tuple(JIT_SETTINGS)):
     lines = [
         "| model | params | " + " | ".join(
             f"{backend} jit {jit}{' (default)' if KERAS_DEFAULT.get(backend) == jit else ''}"
-            for backend in backends for jit in JIT_SETTINGS
+            for backend in backends for jit in jits
         ) + " |",
-        "|---|---:|" + "---:|" * (len(backends) * len(JIT_SETTINGS)),
+        "|---|---:|" + "---:|" * (len(backends) * len(jits)),
     ]
     for name in models:
         params = None
         cells = []
         for backend in backends:
-            for jit in JIT_SETTINGS:
+            for jit in jits:
                 cell = results.get(backend, {}).get(jit, {}).get(name)
                 if cell is None:
                     cells.append("")
@@ -236,7 +236,7 @@ def main(argv=None):
                             f"{cell['model_ms'] / cell['conv_ms']:5.2f}x  ({cell['steps']} steps)")
                 print(f"{backend:10s} jit {jit:3s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",
                       flush=True)
-    table = format_markdown(results, backends, models)
+    table = format_markdown(results, backends, models, jits)
     allocator = ("malloc keeping freed memory (`involution_cli.memory`)" if args.allocator == "kept"
                  else "glibc's default malloc")
     text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam, {allocator}; median ms per "
