@@ -2,10 +2,10 @@
 
 `BatchNormalization` is `keras.layers.BatchNormalization` (same arguments,
 weights, statistics and results) whose training-mode call over the last
-axis runs as one fused PyTorch op on that backend, in place of Keras'
+axis runs as one fused op on PyTorch and TensorFlow, in place of Keras'
 dozen `keras.ops` passes forward and backward (`docs/design.md`); every
-other case (other backends, other axes, masks, renormalization, inference)
-is Keras' own code, which is also the fast path's tested reference.
+other case (JAX, other axes, masks, renormalization, inference) is Keras'
+own code, which is also the fast path's tested reference.
 `LayerNormalization` is Keras' layer, working around a PyTorch-backend
 limitation for a channel axis that is not the last.
 """
@@ -19,7 +19,7 @@ from involution.config import check_implementation
 
 @keras.saving.register_keras_serializable(package="involution")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` with a fused PyTorch training step.
+    """`keras.layers.BatchNormalization` with a fused training step (PyTorch, TensorFlow).
 
     Args:
         implementation: `"auto"`, `"reference"` (Keras' own code) or
