@@ -251,13 +251,18 @@ def _native_runs(inputs, kernel, group_channels):
             and group_channels >= MIN_GROUP_CHANNELS and _cpu_only() and _native_ops() is not None)
 
 
+def _compiled_or_exported_graph():
+    """Whether the graph being traced is XLA-compiled or traced by an exporter:
+    it gets plain ops, never this package's C++ ops or a nested cluster."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()) or _exporting()
+
+
 def _path(inputs, kernel, group_channels):
     """`"native"`, `"xla"` or `"ops"` for this call (see the module's docstring)."""
-    if not tf.executing_eagerly():
-        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-            return "ops"
-        if _exporting():
-            return "ops"
+    if _compiled_or_exported_graph():
+        return "ops"
     if _native_runs(inputs, kernel, group_channels):
         return "native"
     if forwardprop_util.pack_tangents([inputs, kernel]).indices:
@@ -354,9 +359,7 @@ def apply_preferred(inputs, groups, data_format):
 
 
 def window_correlation_support(keys, queries):
-    if not tf.executing_eagerly() and (
-        control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()) or _exporting()
-    ):
+    if _compiled_or_exported_graph():
         return "XLA-compiled and exported graphs get the portable path"
     dtype = tf.as_dtype(keys.dtype)
     if dtype not in (tf.float32, tf.float64) or not _cpu_only():
