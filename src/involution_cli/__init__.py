@@ -41,6 +41,18 @@ def _positive_float(text):
     return value
 
 
+def _seed_list(text):
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct non-negative integers separated by commas, e.g. 42,43,44. Received: {text}"
+        )
+    return seeds
+
+
 def _add_common_options(parser):
     parser.add_argument(
         "--backend",
@@ -73,7 +85,10 @@ def build_parser():
     compare.add_argument("--epochs", type=_positive_int, default=20)
     compare.add_argument("--batch-size", type=_positive_int, default=256)
     compare.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    compare.add_argument("--seed", type=int, default=42)
+    seeds = compare.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=42, help="the run's seed (default 42)")
+    seeds.add_argument("--seeds", type=_seed_list,
+                       help="comma-separated seeds: train every model once per seed and report mean ± std")
     compare.add_argument("--output", help="output folder (default: runs/<timestamp>)")
     compare.add_argument(
         "--data",
@@ -87,6 +102,32 @@ def build_parser():
                          help="continue the run in --output (default: the latest under runs/)")
     compare.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_common_options(compare)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Measure a preset's test accuracy on CIFAR-10.",
+        description="Loads a preset (a shipped name or a preset folder) and measures its accuracy on the test "
+        "images of --data, next to the accuracy its metadata records.",
+    )
+    evaluate.add_argument("--preset", required=True, help="a shipped preset's name or a preset folder")
+    evaluate.add_argument("--data", help="as for compare (default $INVOLUTION_DATA, else download)")
+    evaluate.add_argument("--limit", type=_positive_int,
+                          help="use at most N test images, drawn as compare --limit draws them")
+    evaluate.add_argument("--seed", type=int, default=0, help="the draw of --limit (default 0)")
+    evaluate.add_argument("--cache-dir", help="decoded-data cache (as for compare)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common_options(evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="Print a preset's most probable classes for image files.",
+        description="Classifies image files with a preset; images of another size are resized to the preset's.",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    predict.add_argument("--preset", required=True, help="a shipped preset's name or a preset folder")
+    predict.add_argument("--top", type=_positive_int, default=3, help="classes per image (default 3)")
+    predict.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common_options(predict)
     return parser
 
 

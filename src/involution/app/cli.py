@@ -4,6 +4,7 @@ The command itself (arguments, backend choice) is `involution_cli`, which
 parses the command line before Keras is imported and then calls `run`.
 """
 
+import json
 import logging
 import sys
 
@@ -40,7 +41,7 @@ def compare(args):
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
         run_compare(
-            models=models, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+            models=models, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, seeds=args.seeds,
             learning_rate=args.learning_rate, output=args.output, data=args.data,
             limit=args.limit, resume=args.resume, verbose=0 if args.quiet else 1,
             cache_dir=args.cache_dir, command=getattr(args, "command_line", None),
@@ -58,7 +59,49 @@ def compare(args):
     return 0
 
 
-HANDLERS = {"demo": demo, "compare": compare}
+def evaluate(args):
+    """A preset's test accuracy against its metadata's."""
+    from involution.app.data import DataError
+    from involution.app.inference import InferenceError, evaluate as evaluate_preset
+
+    try:
+        result = evaluate_preset(args.preset, data=args.data, limit=args.limit, seed=args.seed,
+                                 cache_dir=args.cache_dir, progress=not args.json)
+    except (DataError, InferenceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['preset']}: test accuracy {100 * result['accuracy']:.2f}% "
+          f"({result['correct']:,} of {result['images']:,} images)")
+    if result["metadata_accuracy"] is not None:
+        images = result["metadata_images"]
+        print(f"metadata: {100 * result['metadata_accuracy']:.2f}%"
+              + (f" on {images:,} images" if isinstance(images, int) else ""))
+    return 0
+
+
+def predict(args):
+    """The most probable classes of image files under a preset."""
+    from involution.app.data import DataError
+    from involution.app.inference import InferenceError, predict as predict_images
+
+    try:
+        results = predict_images(args.preset, args.images, top=args.top)
+    except (DataError, InferenceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        classes = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{result['image']}: {classes}")
+    return 0
+
+
+HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict}
 
 
 def run(args):

@@ -1,7 +1,9 @@
 """`involution compare`: train registry models one after another, then report.
 
 An output folder holds `run.json` (the run's settings), one folder per model
-(see `involution.app.training`) and the report. Rerunning with `resume=True` on
+(see `involution.app.training`) and the report. A run with several seeds
+(`seeds=[42, 43, 44]`) trains every model once per seed, seed by seed, into
+`<model>/seed-<seed>/`, and reports each model's mean and spread. Rerunning with `resume=True` on
 the same folder continues where the last invocation stopped. One process at
 a time works in a folder (it holds the folder's lock while it runs), and it
 starts by deleting the temporary files that a killed one left.
@@ -18,8 +20,10 @@ from involution.app.files import FolderLock, LockedError, atomic_write_json, is_
 
 RUN_FILE = "run.json"
 # Settings that must match for a resumed run to end where an uninterrupted one
-# would; `epochs` and `models` may change (to extend a run or add a model).
-RESUME_KEYS = ("batch_size", "seed", "learning_rate", "limit", "data", "backend")
+# would; `epochs`, `models` and the seeds after the first may change (to
+# extend a run, add a model or a seed). The first seed also draws `limit`'s
+# subset.
+RESUME_KEYS = ("batch_size", "seed", "learning_rate", "limit", "data", "backend", "per_seed_folders")
 
 
 class CompareError(RuntimeError):
@@ -33,8 +37,14 @@ def latest_run(base="runs"):
     return os.path.join(base, runs[-1]) if runs else None
 
 
-def check_settings(models, epochs, batch_size, learning_rate, limit):
+def check_settings(models, epochs, batch_size, learning_rate, limit, seeds=None):
     """Raises `CompareError` naming the first setting out of range."""
+    if seeds is not None:
+        if (not isinstance(seeds, (list, tuple)) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise CompareError(f"seeds must be a non-empty list of non-negative integers. Received: seeds={seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise CompareError(f"seeds must be distinct. Received: seeds={list(seeds)!r}")
     from involution import models as models_module
 
     for name in models:
@@ -84,6 +94,8 @@ def resume_policy(output, settings, resume):
         raise CompareError(f"Cannot read {run_path} ({error}); pass another --output.") from None
     if not resume:
         raise CompareError(f"{output} already holds a run. Use --resume to continue it, or another --output.")
+    # Runs recorded before a setting existed had its default.
+    previous = {"per_seed_folders": False, **previous}
     changed = [k for k in RESUME_KEYS if previous.get(k) != settings[k]]
     if changed:
         raise CompareError(
@@ -106,6 +118,7 @@ def run_compare(
     seed=42,
     learning_rate=1e-3,
     output=None,
+    seeds=None,
     data=None,
     limit=None,
     resume=False,
@@ -120,6 +133,10 @@ def run_compare(
         models: registry names, trained in this order.
         epochs, batch_size, seed, learning_rate: the recipe (see
             `involution.app.training.TrainConfig`).
+        seeds: None to train each model once with `seed`, or a list of
+            seeds to train each model once per seed (in
+            `<output>/<model>/seed-<seed>/`; the report gives means and
+            spreads). The first seed draws `limit`'s subset.
         output: the run folder; default `runs/<timestamp>` (with `resume`:
             the latest run there).
         data: the data source (see `involution.app.data.load_dataset`).
@@ -143,7 +160,7 @@ def run_compare(
     from involution.app import data as data_module
 
     started = time.perf_counter()
-    check_settings(models, epochs, batch_size, learning_rate, limit)
+    check_settings(models, epochs, batch_size, learning_rate, limit, seeds)
     if resume and output is None:
         output = latest_run()
         if output is None:
@@ -155,7 +172,9 @@ def run_compare(
         "models": list(models),
         "epochs": epochs,
         "batch_size": batch_size,
-        "seed": seed,
+        "seed": seeds[0] if seeds else seed,
+        "seeds": list(seeds) if seeds else [seed],
+        "per_seed_folders": bool(seeds),
         "learning_rate": learning_rate,
         "limit": limit,
         "data": os.path.abspath(data) if data else "keras.datasets.cifar10",
@@ -172,7 +191,7 @@ def run_compare(
         remove_stale_files(output)
         settings["started"] = resume_policy(output, settings, resume)
         dataset = data_module.load_dataset(data, cache_dir=cache_dir, progress=verbose > 0)
-        dataset = dataset.subset(limit, seed=seed)
+        dataset = dataset.subset(limit, seed=settings["seed"])
         log(f"Data: {dataset.source}: {len(dataset.x_train):,} training and {len(dataset.x_test):,} test images.")
         # Recorded only now: a run whose data did not load leaves nothing
         # that would block its rerun.
@@ -182,7 +201,11 @@ def run_compare(
         write_report(output, settings, histories, dataset, started)
     finally:
         lock.release()
-    log("\n" + report.format_table(report.SUMMARY_HEADER, report.summary_rows(histories)))
+    if settings["per_seed_folders"]:
+        log("\n" + report.format_table(report.RUN_HEADER, report.run_rows(histories, settings["seed"])))
+        log("\n" + report.format_table(report.SEED_HEADER, report.seed_rows(histories)))
+    else:
+        log("\n" + report.format_table(report.SUMMARY_HEADER, report.summary_rows(histories)))
     log(f"\nReport: {os.path.join(output, 'report.html')} (and report.md)")
     return output, histories
 
@@ -192,13 +215,70 @@ def train_all(models, dataset, settings, output, verbose, log):
     from involution import models as models_module
     from involution.app.training import TrainConfig, train_model
 
-    config = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
-                         learning_rate=settings["learning_rate"])
     histories = []
-    for name in models:
-        log(f"\n=== {name}: {models_module.describe_model(name)}")
-        histories.append(train_model(name, dataset, config, os.path.join(output, name), verbose=verbose, log=log))
+    checksum = dataset.checksum()
+    for seed in settings["seeds"]:
+        config = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=seed,
+                             learning_rate=settings["learning_rate"])
+        for name in models:
+            title = f"{name}, seed {seed}" if settings["per_seed_folders"] else name
+            log(f"\n=== {title}: {models_module.describe_model(name)}")
+            model_dir = model_folder(output, name, seed, settings["per_seed_folders"])
+            history = train_model(name, dataset, config, model_dir, verbose=verbose, log=log,
+                                  label=title if settings["per_seed_folders"] else None)
+            histories.append(history)
+            if history["status"] == "finished":
+                write_preset(model_dir, history, dataset, dict(settings, seed=seed), checksum)
     return histories
+
+
+def model_folder(output, name, seed, per_seed_folders):
+    """Where model `name` trained with `seed` lives in the run folder `output`."""
+    return os.path.join(output, name, f"seed-{seed}") if per_seed_folders else os.path.join(output, name)
+
+
+PRESET_FOLDER = "preset"
+
+
+def write_preset(model_dir, history, dataset, settings, checksum):
+    """Writes the trained model of `model_dir` as a preset folder beside it.
+
+    Its metadata's accuracy is the last epoch's test accuracy, measured by
+    Keras' `fit` on the run's test images, which `involution evaluate`
+    measures again.
+    """
+    import keras
+
+    import involution
+    from involution import models as models_module
+
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+    last = history["epochs"][-1]
+    summary = report.summarize(history)
+    environment = report.environment()
+    metadata = {
+        "model": history["model"],
+        "description": models_module.describe_model(history["model"]),
+        "test_accuracy": last["val_accuracy"],
+        "best_test_accuracy": summary["best_accuracy"],
+        "test_images": len(dataset.x_test),
+        "epochs": len(history["epochs"]),
+        "recipe": {"name": "example", "epochs": settings["epochs"], "batch_size": settings["batch_size"],
+                   "learning_rate": settings["learning_rate"], "optimizer": "Adam",
+                   "loss": "sparse categorical cross-entropy on logits"},
+        "seed": settings["seed"],
+        "preprocessing": "pixels / 255",
+        "input_shape": list(dataset.x_train.shape[1:]),
+        "class_names": list(dataset.class_names),
+        "data": {"source": os.path.basename(os.path.normpath(dataset.source)), "sha256": checksum, "train_images": len(dataset.x_train),
+                 "test_images": len(dataset.x_test)},
+        "parameter_count": history["parameters"]["total"],
+        "backend": environment["backend"],
+        "versions": {"involution": involution.__version__, **environment["versions"]},
+        "command": settings["command"],
+        "trained": settings["started"],
+    }
+    models_module.save_preset(model, os.path.join(model_dir, PRESET_FOLDER), metadata)
 
 
 def write_report(output, settings, histories, dataset, started):
@@ -207,7 +287,12 @@ def write_report(output, settings, histories, dataset, started):
 
     from involution import models as models_module
 
-    trained = {h["model"]: keras.saving.load_model(os.path.join(output, h["model"], "model.keras")) for h in histories}
+    # One trained model per name for the kernel maps: the first seed's.
+    trained = {}
+    for h in histories:
+        if h["model"] not in trained:
+            folder = model_folder(output, h["model"], h.get("seed", settings["seed"]), settings["per_seed_folders"])
+            trained[h["model"]] = keras.saving.load_model(os.path.join(folder, "model.keras"))
     settings = dict(
         settings,
         environment=report.environment(),
@@ -219,10 +304,10 @@ def write_report(output, settings, histories, dataset, started):
     # Summaries of fresh, uncompiled models: the per-layer table without the
     # optimizer's variables that a trained model's summary adds.
     summaries = {
-        h["model"]: report.model_summary_text(
-            models_module.create_model(h["model"], input_shape=dataset.x_train.shape[1:],
+        name: report.model_summary_text(
+            models_module.create_model(name, input_shape=dataset.x_train.shape[1:],
                                        num_classes=len(dataset.class_names))
         )
-        for h in histories
+        for name in trained
     }
     report.write_report(output, settings, histories, trained, dataset, summaries)

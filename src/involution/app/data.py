@@ -73,6 +73,15 @@ class Dataset:
     class_names: tuple
     source: str
 
+    def checksum(self):
+        """SHA-256 of the images and labels of both splits, whatever the source's format."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
+
     def subset(self, limit, seed=0):
         """A class-stratified-by-chance random subset of at most `limit`."""
         if not limit:

@@ -1,8 +1,8 @@
 """Files the app writes: atomic replacement, strict JSON, a run's lock.
 
 Every file is written under a temporary name carrying the writer's pid
-(`<name>.<pid>.tmp`, or `<stem>.<pid>.tmp.keras` for Keras archives, whose
-suffix Keras insists on) and renamed over the final name, so that a kill
+(`<name>.<pid>.tmp`, or `<stem>.<pid>.tmp.keras` and `<stem>.<pid>.tmp.weights.h5`
+for Keras' files, whose suffixes Keras insists on) and renamed over the final name, so that a kill
 leaves either the old file or the new one. A temporary name whose writer
 no longer runs is stale, and the next start deletes it.
 """
@@ -14,7 +14,7 @@ import math
 import os
 import re
 
-_TEMPORARY = re.compile(r"\.(\d+)\.tmp(\.keras)?$")
+_TEMPORARY = re.compile(r"\.(\d+)\.tmp(\.keras|\.weights\.h5)?$")
 
 
 def temporary_name(path):

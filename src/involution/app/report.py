@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from involution.app.files import atomic_write_text
+from involution.app.files import atomic_write_json, atomic_write_text
 
 CURVES_PNG = "curves.png"
 KERNELS_PNG = "kernels.png"
@@ -68,6 +68,35 @@ def plot_curves(histories, path):
             ax.plot(epochs, [e.get(f"val_{key}", np.nan) for e in history["epochs"]], color=color,
                     linestyle="--", label=f"{history['model']} test")
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_seed_curves(histories, path):
+    """Per model, the mean over seeds of loss and accuracy per epoch (train
+    solid, test dashed), with the test curves' spread (min to max) shaded."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, runs) in enumerate(group_by_model(histories).items()):
+        color = colors[index % len(colors)]
+        # Epochs that every seed finished.
+        epochs = min(len(h["epochs"]) for h in runs)
+        if not epochs:
+            continue
+        x = np.arange(1, epochs + 1)
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            train = np.array([[e.get(key, np.nan) for e in h["epochs"][:epochs]] for h in runs], float)
+            test = np.array([[e.get(f"val_{key}", np.nan) for e in h["epochs"][:epochs]] for h in runs], float)
+            ax.plot(x, train.mean(axis=0), color=color, label=f"{name} train")
+            ax.plot(x, test.mean(axis=0), color=color, linestyle="--", label=f"{name} test ({len(runs)} seeds)")
+            ax.fill_between(x, test.min(axis=0), test.max(axis=0), color=color, alpha=0.2, linewidth=0)
+    for ax, title in ((loss_ax, "Loss (mean over seeds; test: min to max shaded)"),
+                      (acc_ax, "Accuracy (mean over seeds; test: min to max shaded)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -249,6 +278,77 @@ SUMMARY_HEADER = ["model", "parameters", "trainable", "epochs", "final test acc.
                   "best test acc.", "final test loss", "time / epoch (median)", "status"]
 
 
+def group_by_model(histories):
+    """`{model name: [its histories, one per seed]}`, in the run's order."""
+    groups = {}
+    for history in histories:
+        groups.setdefault(history["model"], []).append(history)
+    return groups
+
+
+def mean_and_std(values):
+    """Mean and sample standard deviation (None for one value) of the finite `values`."""
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _fmt_spread(values):
+    mean, std = mean_and_std(values)
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}%" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def seed_statistics(histories):
+    """Per model: the seeds, final and best test accuracies and their means
+    and standard deviations, and the median time per epoch over seeds."""
+    statistics = []
+    for name, runs in group_by_model(histories).items():
+        summaries = [summarize(h) for h in runs]
+        final = [s["final_accuracy"] for s in summaries]
+        best = [s["best_accuracy"] for s in summaries]
+        times = [s["epoch_time"] for s in summaries if s["epoch_time"] is not None]
+        statistics.append({
+            "model": name,
+            "parameters": runs[0]["parameters"]["total"],
+            "seeds": [h.get("seed") for h in runs],
+            "final_accuracy": final,
+            "best_accuracy": best,
+            "final_accuracy_mean_std": mean_and_std(final),
+            "best_accuracy_mean_std": mean_and_std(best),
+            "epoch_time": float(np.median(times)) if times else None,
+            "finished": sum(h["status"] == "finished" for h in runs),
+        })
+    return statistics
+
+
+SEED_HEADER = ["model", "parameters", "seeds", "final test acc. (mean ± std)", "best test acc. (mean ± std)",
+               "final test acc. per seed", "time / epoch (median)"]
+
+
+def seed_rows(histories):
+    rows = []
+    for stats in seed_statistics(histories):
+        per_seed = ", ".join(f"{seed}: {_fmt_pct(value)}" for seed, value in zip(stats["seeds"], stats["final_accuracy"]))
+        rows.append([
+            stats["model"], f"{stats['parameters']:,}", str(len(stats["seeds"])),
+            _fmt_spread(stats["final_accuracy"]), _fmt_spread(stats["best_accuracy"]), per_seed,
+            "–" if stats["epoch_time"] is None else f"{stats['epoch_time']:.1f} s",
+        ])
+    return rows
+
+
+def run_rows(histories, default_seed=None):
+    """The summary table's rows with the seed after the model's name."""
+    rows = summary_rows(histories)
+    return [[row[0], str(h.get("seed", default_seed))] + row[1:] for row, h in zip(rows, histories)]
+
+
+RUN_HEADER = SUMMARY_HEADER[:1] + ["seed"] + SUMMARY_HEADER[1:]
+
+
 def _epochs_done(histories):
     done = sorted({len(h["epochs"]) for h in histories})
     if len(done) == 1:
@@ -278,7 +378,7 @@ def build_blocks(run, histories, summaries_text, figures):
         ["command", run["command"]],
         ["data", run["data"]],
         ["training / test images", f"{run['train_size']:,} / {run['test_size']:,}"],
-        ["seed", str(run["seed"])],
+        ["seeds", ", ".join(map(str, run["seeds"]))] if run.get("per_seed_folders") else ["seed", str(run["seed"])],
         ["backend", env["backend"]],
         ["libraries", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
         ["hardware", env["hardware"]],
@@ -286,13 +386,25 @@ def build_blocks(run, histories, summaries_text, figures):
         ["wall time (this invocation)", f"{run['wall_time_s']:.0f} s"],
         ["training time (all models, all invocations)", f"{run['train_time_s']:.0f} s"],
     ])))
+    per_seed = run.get("per_seed_folders", False)
     blocks.append(("h2", "Results"))
-    blocks.append(("table", (SUMMARY_HEADER, summary_rows(histories))))
+    if per_seed:
+        blocks.append(("p", (
+            "Each model was trained once per seed (the seed draws its initial weights and every epoch's "
+            "order). Mean ± sample standard deviation over the seeds; a difference between two models "
+            "smaller than their spreads is not evidence that either is better.")))
+        blocks.append(("table", (SEED_HEADER, seed_rows(histories))))
+        blocks.append(("h3", "Every run"))
+        blocks.append(("table", (RUN_HEADER, run_rows(histories, run["seed"]))))
+    else:
+        blocks.append(("table", (SUMMARY_HEADER, summary_rows(histories))))
     for history in histories:
         if history.get("message"):
-            blocks.append(("p", f"**{history['model']}**: {history['message']}"))
+            title = f"{history['model']}, seed {history.get('seed', run['seed'])}" if per_seed else history["model"]
+            blocks.append(("p", f"**{title}**: {history['message']}"))
     blocks.append(("h2", "Learning curves"))
-    blocks.append(("img", (figures["curves"], "Loss and accuracy per epoch")))
+    blocks.append(("img", (figures["curves"], "Loss and accuracy per epoch"
+                           + (" (mean over seeds, test spread shaded)" if per_seed else ""))))
     if figures.get("kernels"):
         blocks.append(("h2", "Generated kernels"))
         blocks.append(("p", (
@@ -303,7 +415,7 @@ def build_blocks(run, histories, summaries_text, figures):
             "the groups.")))
         blocks.append(("img", (figures["kernels"], "Kernel heat maps")))
     blocks.append(("h2", "Parameters"))
-    for history in histories:
+    for history in (runs[0] for runs in group_by_model(histories).values()):
         p = history["parameters"]
         blocks.append(("h3", history["model"]))
         blocks.append(("table", (["total", "trainable", "non-trainable"],
@@ -312,7 +424,8 @@ def build_blocks(run, histories, summaries_text, figures):
             blocks.append(("pre", summaries_text[history["model"]]))
     blocks.append(("h2", "Per-epoch metrics"))
     for history in histories:
-        blocks.append(("h3", history["model"]))
+        blocks.append(("h3", f"{history['model']}, seed {history.get('seed', run['seed'])}" if per_seed
+                       else history["model"]))
         rows = [[str(e["epoch"]), _fmt(e.get("loss")), _fmt_pct(e.get("accuracy")),
                  _fmt(e.get("val_loss")), _fmt_pct(e.get("val_accuracy")), f"{e['time_s']:.1f}"]
                 for e in history["epochs"]]
@@ -433,7 +546,10 @@ def write_report(output_dir, run, histories, models, dataset, summaries=None):
         "curves": os.path.join(output_dir, CURVES_PNG),
         "samples": os.path.join(output_dir, SAMPLES_PNG),
     }
-    plot_curves(histories, figures["curves"])
+    if run.get("per_seed_folders"):
+        plot_seed_curves(histories, figures["curves"])
+    else:
+        plot_curves(histories, figures["curves"])
     # Image-folder sources are stored class by class: show a random sample.
     sample = np.random.default_rng(run.get("seed", 0)).permutation(len(dataset.x_train))[:25]
     plot_samples(dataset.x_train[sample], dataset.y_train[sample], dataset.class_names, figures["samples"])
@@ -445,6 +561,7 @@ def write_report(output_dir, run, histories, models, dataset, summaries=None):
     if summaries is None:
         summaries = {name: model_summary_text(model) for name, model in models.items()}
     blocks = build_blocks(run, histories, summaries, figures)
+    atomic_write_json(os.path.join(output_dir, "summary.json"), {"models": seed_statistics(histories)})
     atomic_write_text(os.path.join(output_dir, "report.md"), render_markdown(blocks))
     atomic_write_text(os.path.join(output_dir, "report.html"), render_html(blocks))
     return blocks

@@ -116,7 +116,7 @@ def format_metrics(metrics):
     return ", ".join(parts)
 
 
-def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_kwargs):
+def train_model(name, dataset, config, model_dir, verbose=1, log=print, label=None, **model_kwargs):
     """Trains registry model `name`, resuming from `model_dir` if it holds one.
 
     Args:
@@ -127,6 +127,7 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
         verbose: 1: a line per epoch (and a batch bar on a terminal);
             0: nothing.
         log: where one-line messages go.
+        label: how messages name the model (default `name`).
         **model_kwargs: passed to `create_model`.
 
     Returns:
@@ -138,28 +139,30 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
     from involution.models import create_model
 
     os.makedirs(model_dir, exist_ok=True)
+    label = label or name
     history = read_history(model_dir)
     model_path = os.path.join(model_dir, MODEL_FILE)
     history_path = os.path.join(model_dir, HISTORY_FILE)
     done = history and os.path.exists(model_path) and history["status"] in ("finished", "nan")
     if done and (history["status"] == "nan" or len(history["epochs"]) >= config.epochs):
-        log(f"[{name}] already trained ({history['status']}, {len(history['epochs'])} epochs); not retraining.")
+        log(f"[{label}] already trained ({history['status']}, {len(history['epochs'])} epochs); not retraining.")
         return history
 
     checkpoint = history and history.get("checkpoint")
     if done:
         model = keras.saving.load_model(model_path)
         history["status"] = "running"
-        log(f"[{name}] continuing after epoch {len(history['epochs'])} of {config.epochs}.")
+        log(f"[{label}] continuing after epoch {len(history['epochs'])} of {config.epochs}.")
     elif checkpoint and os.path.exists(os.path.join(model_dir, checkpoint)):
         model = keras.saving.load_model(os.path.join(model_dir, checkpoint))
-        log(f"[{name}] resuming after epoch {len(history['epochs'])} of {config.epochs}.")
+        log(f"[{label}] resuming after epoch {len(history['epochs'])} of {config.epochs}.")
     else:
         keras.utils.set_random_seed(config.seed)
         model = create_model(name, input_shape=dataset.x_train.shape[1:], num_classes=len(dataset.class_names), **model_kwargs)
         compile_model(model, config)
         history = {
             "model": name,
+            "seed": config.seed,
             "status": "running",
             "epochs_planned": config.epochs,
             "parameters": parameter_counts(model),
@@ -178,7 +181,7 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         callbacks = [keras.callbacks.TerminateOnNaN()]
         if verbose:
-            callbacks.append(EpochProgress(epoch + 1, config.epochs, name, log=log))
+            callbacks.append(EpochProgress(epoch + 1, config.epochs, label, log=log))
         started = time.perf_counter()
         result = model.fit(
             x_train[order].astype("float32") / 255.0,
@@ -202,7 +205,7 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, **model_
                 f"Training stopped at epoch {epoch + 1}: the loss became NaN "
                 "(try a lower learning rate)."
             )
-            log(f"[{name}] {history['message']}")
+            log(f"[{label}] {history['message']}")
             break
         previous = history["checkpoint"]
         history["checkpoint"] = f"checkpoint-{epoch + 1:03d}.keras"

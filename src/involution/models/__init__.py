@@ -8,13 +8,15 @@
 Families, one module each, registering their variants on import:
 `example` (the Keras example's `conv` and `involution`), `rednet` (the
 paper's RedNet-26...152 and CIFAR variants), `invnet` (`invnet`,
-`attention_net`).
+`attention_net`). Trained models load by name with `from_preset`
+(`list_presets()` names the shipped ones).
 """
 
 from involution.models.registry import create_model, describe_model, list_models, register_model, set_implementation
 from involution.models import example, rednet, invnet  # noqa: E402,F401  (registration order: the listing's)
 from involution.models.invnet import involution_net
+from involution.models.presets import from_preset, list_presets, preset_metadata, save_preset
 from involution.models.rednet import RedNet
 
-__all__ = ["RedNet", "create_model", "describe_model", "involution_net", "list_models", "register_model",
-           "set_implementation"]
+__all__ = ["RedNet", "create_model", "describe_model", "from_preset", "involution_net", "list_models",
+           "list_presets", "preset_metadata", "register_model", "save_preset", "set_implementation"]

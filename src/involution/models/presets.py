@@ -1,0 +1,176 @@
+"""Trained models as presets, in keras-hub's layout.
+
+A preset is a folder of three files:
+
+- `config.json`: the model's architecture, `keras.saving.serialize_keras_object`;
+- `model.weights.h5`: its weights (`model.save_weights`);
+- `metadata.json`: how it was made and how good it is (test accuracy,
+  recipe, seed, the data's checksum, parameter count, library versions and
+  the command that trained it).
+
+The presets shipped in the package live in `involution/presets/<name>/`;
+`list_presets()` names them and `from_preset(name)` loads one. Any folder in
+this layout loads too (`involution compare` writes one per trained model).
+Loading never runs code from the files: the architecture is deserialized in
+Keras' safe mode, from registered classes only, and the weights are arrays.
+"""
+
+import json
+import os
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+# A configuration or metadata file larger than this is not a preset's.
+MAX_JSON_BYTES = 8 * 2**20
+
+
+def _shipped_directory():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets")
+
+
+def list_presets():
+    """Names of the presets shipped in the package, sorted."""
+    base = _shipped_directory()
+    if not os.path.isdir(base):
+        return []
+    return sorted(
+        name for name in os.listdir(base)
+        if all(os.path.isfile(os.path.join(base, name, f)) for f in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE))
+    )
+
+
+def preset_directory(preset):
+    """The folder of `preset`: a shipped preset's name or a preset folder.
+
+    Raises:
+        ValueError: `preset` is neither, or its folder lacks a file.
+    """
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(
+            "`preset` must be the name of a shipped preset or a preset folder. "
+            f"Received: preset={preset!r}"
+        )
+    preset = os.fspath(preset)
+    if os.sep not in preset and "/" not in preset and preset in list_presets():
+        return os.path.join(_shipped_directory(), preset)
+    if not os.path.isdir(preset):
+        raise ValueError(
+            f"`preset` must be one of {list_presets()} or a folder holding {CONFIG_FILE}, {WEIGHTS_FILE} and "
+            f"{METADATA_FILE}. Received: preset={preset!r}"
+        )
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE) if not os.path.isfile(os.path.join(preset, f))]
+    if missing:
+        raise ValueError(
+            f"The preset folder {preset} lacks {', '.join(missing)}: a preset holds {CONFIG_FILE}, {WEIGHTS_FILE} "
+            f"and {METADATA_FILE}. Received: preset={preset!r}"
+        )
+    return preset
+
+
+def _read_json(path):
+    size = os.path.getsize(path)
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} holds {size:,} bytes; a preset's JSON files hold at most {MAX_JSON_BYTES:,}.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object. Received: {type(value).__name__}")
+    return value
+
+
+def preset_metadata(preset):
+    """The `metadata.json` of `preset` (a shipped name or a folder), as a dict."""
+    return _read_json(os.path.join(preset_directory(preset), METADATA_FILE))
+
+
+def from_preset(preset, load_weights=True):
+    """Builds a model from a preset.
+
+    Args:
+        preset: the name of a shipped preset (`list_presets()`) or a preset
+            folder (`config.json`, `model.weights.h5`, `metadata.json`).
+        load_weights: load the trained weights (else the architecture is
+            freshly initialised).
+
+    Returns:
+        An uncompiled `keras.Model` whose outputs are logits; its input is
+        images scaled as its metadata's `preprocessing` says (pixels / 255
+        for the shipped ones).
+
+    Raises:
+        ValueError: `preset` is not a preset, or one of its files is not
+            what the layout says (named in the message).
+
+    Example:
+
+    >>> from involution import models
+    >>> model = models.from_preset("invnet_cifar10")  # doctest: +SKIP
+    >>> logits = model.predict(images / 255.0)  # doctest: +SKIP
+    """
+    import keras
+
+    import involution  # noqa: F401  (registers the package's serializable classes)
+
+    folder = preset_directory(preset)
+    config = _read_json(os.path.join(folder, CONFIG_FILE))
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:  # Keras raises TypeError, ValueError, KeyError, ... for a bad config.
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)} is not a Keras model's configuration ({error}).") from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"{os.path.join(folder, CONFIG_FILE)} describes a {type(model).__name__}, not a keras.Model."
+        )
+    if load_weights:
+        weights = os.path.join(folder, WEIGHTS_FILE)
+        try:
+            model.load_weights(weights)
+        except Exception as error:  # h5py's OSError, Keras' ValueError for mismatched weights.
+            raise ValueError(f"Cannot load the weights {weights} into the preset's model ({error}).") from None
+    return model
+
+
+def save_preset(model, folder, metadata):
+    """Writes `model` and `metadata` as a preset folder.
+
+    Each file is written under a temporary name and renamed into place, and
+    `metadata.json` last, so that a folder with all three files is complete.
+
+    Args:
+        model: a `keras.Model` built from registered layers.
+        folder: the preset folder (created if needed).
+        metadata: a JSON-serializable dict (see the module docstring).
+    """
+    import keras
+
+    os.makedirs(folder, exist_ok=True)
+    _replace(os.path.join(folder, CONFIG_FILE), lambda tmp: _write_json(tmp, keras.saving.serialize_keras_object(model)))
+    _replace(os.path.join(folder, WEIGHTS_FILE), model.save_weights)
+    _replace(os.path.join(folder, METADATA_FILE), lambda tmp: _write_json(tmp, metadata))
+    return folder
+
+
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
+def _replace(path, write):
+    """Calls `write(temporary path)`, then renames the result over `path`.
+
+    The temporary name carries the writer's pid before the suffix that Keras
+    insists on (`model.<pid>.tmp.weights.h5`), as `involution.app.files`
+    names its temporaries, so that the app's clean-up recognises it.
+    """
+    suffix = ".weights.h5" if path.endswith(".weights.h5") else ""
+    tmp = f"{path[: len(path) - len(suffix)]}.{os.getpid()}.tmp{suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
