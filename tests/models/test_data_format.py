@@ -13,6 +13,9 @@ CASES = [
     ("invnet", (16, 16, 3), dict(widths=(16,), blocks=(1,), kernel_size=3, stem_width=16, stem_groups=2,
                                  group_channels=8, hidden_units=8, normalization="layer", stem_stride=1)),
     ("attention_net", (16, 16, 3), dict(widths=(16,), blocks=(1,), stem_width=16, stem_groups=2)),
+    ("invnet_depthwise", (16, 16, 3), dict(widths=(16, 32), blocks=(1, 1), stem_width=16)),
+    ("invnet_conv", (16, 16, 3), dict(widths=(8, 8), blocks=(1, 1), stem_width=8)),
+    ("resnet8", (16, 16, 3), dict(widths=(4, 8, 8))),
     ("rednet26_cifar_tiny", (16, 16, 3), dict(width=8)),
     ("rednet26", (32, 32, 3), dict(width=8)),
 ]

@@ -7,13 +7,14 @@
 
 Families, one module each, registering their variants on import:
 `example` (the Keras example's `conv` and `involution`), `rednet` (the
-paper's RedNet-26...152 and CIFAR variants), `invnet` (`invnet`,
-`attention_net`). Trained models load by name with `from_preset`
+paper's RedNet-26...152 and CIFAR variants), `invnet` (`invnet`, its
+static counterparts `invnet_depthwise` and `invnet_conv`, `attention_net`),
+`resnet8` (MLPerf Tiny's reference network). Trained models load by name with `from_preset`
 (`list_presets()` names the shipped ones).
 """
 
 from involution.models.registry import create_model, describe_model, list_models, register_model, set_implementation
-from involution.models import example, rednet, invnet  # noqa: E402,F401  (registration order: the listing's)
+from involution.models import example, rednet, invnet, resnet8  # noqa: E402,F401  (registration order: the listing's)
 from involution.models.invnet import involution_net
 from involution.models.presets import from_preset, list_presets, preset_metadata, save_preset
 from involution.models.rednet import RedNet

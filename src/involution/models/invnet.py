@@ -57,8 +57,22 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
 
 
 def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dynamic_init_scale=None,
-             reduction_ratio=4, span_regularizer=None, normalization="batch", data_format="channels_last"):
+             reduction_ratio=4, span_regularizer=None, normalization="batch", data_format="channels_last",
+             spatial="involution"):
     channels = x.shape[channel_axis(data_format)]
+    if spatial == "depthwise":
+        # What involution inverts: one K x K kernel per channel, the same at
+        # every position. No bias: a 1x1 convolution with batch
+        # normalization follows, as after the involution.
+        return keras.layers.DepthwiseConv2D(
+            kernel_size, strides=stride, padding="same", use_bias=False, data_format=data_format,
+            name=name.replace("involution", "depthwise"),
+        )(x)
+    if spatial == "conv":
+        return keras.layers.Conv2D(
+            channels, kernel_size, strides=stride, padding="same", use_bias=False, data_format=data_format,
+            name=name.replace("involution", "conv"),
+        )(x)
     if key_dim:
         generator = LocalAttentionKernelGenerator(
             kernel_size, stride=stride, group_number=groups, key_dim=key_dim, data_format=data_format,
@@ -92,7 +106,7 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
                    batch_norm_momentum=0.5, dynamic_init_scale=0.1, dropout=0.0, block_dropout=0.0,
                    normalization="batch", generator_normalization="batch", reduction_ratio=4, span_regularizer=None,
                    pointwise_regularizer=None, activation="relu",
-                   attention=False, key_dim=4, data_format=None, name="invnet"):
+                   attention=False, key_dim=4, spatial="involution", data_format=None, name="invnet"):
     """A residual involution network for CIFAR (81,616 parameters by default).
 
     Layout: a 1x1 convolution to `stem_width` channels, an involution and
@@ -165,6 +179,11 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
             `key_dim` query/key channels) instead of the paper's generator
             in the residual blocks (the stem keeps the paper's).
         key_dim: the attention heads' query/key size.
+        spatial: what mixes space: `"involution"`, or, for the matched
+            baselines, `"depthwise"` (each involution replaced by a
+            depthwise K x K convolution of the same kernel size and
+            stride: position-agnostic and channel-specific, what
+            involution inverts) or `"conv"` (a full K x K convolution).
         data_format: `"channels_last"`, `"channels_first"` or None
             (`keras.config.image_data_format()`): the layout of the input
             and of every layer. Both build the same network: the same
@@ -195,6 +214,11 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
             "`activation` must be a Keras activation (a name such as 'relu' or a "
             f"callable). Received: activation={activation!r}"
         ) from None
+    if spatial not in ("involution", "depthwise", "conv"):
+        raise ValueError(
+            "`spatial` must be 'involution', 'depthwise' or 'conv'. Received: "
+            f"spatial={spatial!r}"
+        )
     if normalization not in ("batch", "layer"):
         raise ValueError(
             "`normalization` must be 'batch' or 'layer'. Received: "
@@ -205,7 +229,7 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
         input_shape = (32, 32, 3) if data_format == "channels_last" else (3, 32, 32)
     spatial_options = dict(momentum=batch_norm_momentum, dynamic_init_scale=dynamic_init_scale,
                            reduction_ratio=reduction_ratio, span_regularizer=span_regularizer,
-                           normalization=generator_normalization, data_format=data_format)
+                           normalization=generator_normalization, data_format=data_format, spatial=spatial)
     pool = dict(data_format=data_format)
     inputs = keras.Input(input_shape, name="image")
     x = _pointwise(inputs, stem_width, "stem", normalize=False, data_format=data_format)
@@ -255,6 +279,30 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
 def invnet_model(input_shape=None, num_classes=10, **kwargs):
     """A residual involution network: 1x1 convs mix channels, involution mixes space."""
     return involution_net(input_shape, num_classes, **kwargs)
+
+
+@register_model("invnet_depthwise")
+def invnet_depthwise_model(input_shape=None, num_classes=10, **kwargs):
+    """invnet with depthwise convolutions in place of its involutions: its static counterpart (70,138)."""
+    kwargs.setdefault("name", "invnet_depthwise")
+    return involution_net(input_shape, num_classes, spatial="depthwise", **kwargs)
+
+
+# Widths at which invnet's skeleton with full convolutions has invnet's
+# parameter count (81,616) within 1% (81,022): a 7x7 convolution over
+# invnet's 128 channels alone would hold 800k. The second stage's 7x7
+# convolutions take most of the budget, so it stays barely wider than the
+# first.
+MATCHED_CONV_WIDTHS = dict(stem_width=20, widths=(20, 26))
+
+
+@register_model("invnet_conv")
+def invnet_conv_model(input_shape=None, num_classes=10, **kwargs):
+    """invnet's skeleton with full KxK convolutions, narrowed to invnet's parameter count (81,022)."""
+    kwargs.setdefault("name", "invnet_conv")
+    for key, value in MATCHED_CONV_WIDTHS.items():
+        kwargs.setdefault(key, value)
+    return involution_net(input_shape, num_classes, spatial="conv", **kwargs)
 
 
 @register_model("attention_net")
