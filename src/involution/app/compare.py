@@ -277,6 +277,7 @@ def write_preset(model_dir, history, dataset, settings, checksum):
         "versions": {"involution": involution.__version__, **environment["versions"]},
         "command": settings["command"],
         "trained": settings["started"],
+        "check": models_module.presets.output_check(model),
     }
     models_module.save_preset(model, os.path.join(model_dir, PRESET_FOLDER), metadata)
 

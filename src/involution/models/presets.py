@@ -134,6 +134,29 @@ def from_preset(preset, load_weights=True):
     return model
 
 
+CHECK_IMAGES = 4
+
+
+def check_inputs(input_shape):
+    """The fixed inputs of a preset's output check: uniform in [0, 1), seed 0."""
+    import numpy as np
+
+    return np.random.default_rng(0).uniform(0, 1, (CHECK_IMAGES, *input_shape)).astype("float32")
+
+
+def output_check(model):
+    """`{"inputs": how they are drawn, "logits": the model's logits}` for
+    `check_inputs`, in inference mode: a record that a preset loaded on any
+    backend can be compared with."""
+    import keras
+
+    logits = keras.ops.convert_to_numpy(model(check_inputs(tuple(model.input_shape[1:])), training=False))
+    return {
+        "inputs": f"numpy.random.default_rng(0).uniform(0, 1, ({CHECK_IMAGES}, *input_shape)).astype('float32')",
+        "logits": logits.astype(float).tolist(),
+    }
+
+
 def save_preset(model, folder, metadata):
     """Writes `model` and `metadata` as a preset folder.
 
