@@ -72,6 +72,89 @@ def test_compare_writes_every_artifact(tmp_path, layout):
         assert needle in markdown, needle
     reloaded = keras.saving.load_model(os.path.join(output, "involution", "model.keras"))
     assert reloaded.count_params() == histories[1]["parameters"]["total"]
+    if layout == "pickled":
+        assert_presets_match_models(output, histories)
+
+
+def assert_presets_match_models(output, histories, per_seed=False):
+    """Every trained model's preset folder reloads to the same model, with
+    metadata that agree with its history."""
+    x = np.random.default_rng(3).uniform(0, 1, (3, 32, 32, 3)).astype("float32")
+    for history in histories:
+        folder = compare.model_folder(output, history["model"], history["seed"], per_seed)
+        trained = keras.saving.load_model(os.path.join(folder, "model.keras"))
+        preset = models.from_preset(os.path.join(folder, "preset"))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(preset(x, training=False)),
+                                   keras.ops.convert_to_numpy(trained(x, training=False)), rtol=1e-6, atol=1e-6)
+        metadata = models.preset_metadata(os.path.join(folder, "preset"))
+        assert metadata["model"] == history["model"] and metadata["seed"] == history["seed"]
+        assert metadata["test_accuracy"] == history["epochs"][-1]["val_accuracy"]
+        assert metadata["parameter_count"] == history["parameters"]["total"] == preset.count_params()
+        assert metadata["epochs"] == len(history["epochs"]) and metadata["backend"] == keras.backend.backend()
+        assert len(metadata["data"]["sha256"]) == 64
+        classes = len(metadata["class_names"])
+        assert np.asarray(metadata["check"]["logits"]).shape == (models.presets.CHECK_IMAGES, classes)
+
+
+def test_seeds_train_every_model_per_seed_and_report_the_spread(tmp_path, monkeypatch):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    settings = dict(epochs=2, models=("conv", "involution"))
+    # Interrupted during the second seed's first model.
+    real_train = training.train_model
+    calls = {"n": 0}
+
+    def dying_train(name, dataset, config, model_dir, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_train(name, dataset, config, model_dir, **kwargs)
+
+    monkeypatch.setattr(training, "train_model", dying_train)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path, source, seeds=[5, 6], **settings)
+    monkeypatch.setattr(training, "train_model", real_train)
+    finished = [h["model"] for h in (training.read_history(str(tmp_path / "run" / m / "seed-5"))
+                                     for m in ("conv", "involution")) if h and h["status"] == "finished"]
+    assert finished == ["conv", "involution"]
+    assert not os.path.exists(tmp_path / "run" / "conv" / "seed-6")
+    with pytest.raises(compare.CompareError, match=r"per_seed_folders \(was True, now False\)"):
+        tiny_run(tmp_path, source, resume=True, seed=5, **settings)
+
+    mtime = os.path.getmtime(tmp_path / "run" / "conv" / "seed-5" / "model.keras")
+    output, histories = tiny_run(tmp_path, source, resume=True, seeds=[5, 6], **settings)
+    assert os.path.getmtime(tmp_path / "run" / "conv" / "seed-5" / "model.keras") == mtime
+    assert [(h["model"], h["seed"]) for h in histories] == [
+        ("conv", 5), ("involution", 5), ("conv", 6), ("involution", 6)]
+    assert_presets_match_models(output, histories, per_seed=True)
+
+    # Another seed's run of the same model is the same as a run with that seed alone.
+    _, alone = tiny_run(tmp_path, source, output="alone", seed=6, **dict(settings, models=("involution",)))
+    np.testing.assert_allclose(alone[0]["epochs"][-1]["val_loss"], histories[3]["epochs"][-1]["val_loss"],
+                               rtol=1e-5)
+
+    summary = json.load(open(os.path.join(output, "summary.json")))["models"]
+    conv = summary[0]
+    finals = [h["epochs"][-1]["val_accuracy"] for h in histories if h["model"] == "conv"]
+    assert conv["model"] == "conv" and conv["seeds"] == [5, 6] and conv["final_accuracy"] == finals
+    np.testing.assert_allclose(conv["final_accuracy_mean_std"], [np.mean(finals), np.std(finals, ddof=1)])
+    markdown = open(os.path.join(output, "report.md"), encoding="utf-8").read()
+    assert "| seeds | 5, 6 |" in markdown and "### conv, seed 6" in markdown
+    parameters = histories[0]["parameters"]["total"]
+    assert (f"| conv | {parameters:,} | 2 | {100 * np.mean(finals):.2f}% ± {100 * np.std(finals, ddof=1):.2f} |"
+            in markdown)
+    assert_html_well_formed(os.path.join(output, "report.html"), expected_images=3)
+
+    # A seed added later trains that seed only.
+    _, more = tiny_run(tmp_path, source, resume=True, seeds=[5, 6, 7], **dict(settings, models=("involution",)))
+    assert [h["seed"] for h in more] == [5, 6, 7]
+
+
+def test_bad_seeds_are_refused(tmp_path):
+    source = synth.make_pickled_folder(tmp_path / "src")
+    for seeds, message in (([], "non-empty"), ([1, 1], "distinct"), ([-1], "non-negative"), ("42", "list")):
+        with pytest.raises(compare.CompareError, match=message):
+            tiny_run(tmp_path, source, seeds=seeds)
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
