@@ -76,15 +76,19 @@ def build_parser():
         "compare",
         help="Train conv vs involution models on CIFAR-10 and write a report.",
         description=(
-            "Trains the chosen models one after another with the Keras example's recipe "
+            "Trains the chosen models one after another with the Keras example's recipe (or --recipe strong) "
             "and writes report.html, report.md, plots, histories and models to --output."
         ),
     )
     compare.add_argument("--models", default="conv,involution",
                          help="comma-separated registry names (default: conv,involution)")
-    compare.add_argument("--epochs", type=_positive_int, default=20)
-    compare.add_argument("--batch-size", type=_positive_int, default=256)
-    compare.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    compare.add_argument("--recipe", choices=("example", "strong"), default="example",
+                         help="example: the Keras example's (default); strong: shifts and flips, AdamW, warm-up "
+                         "and cosine decay, label smoothing, 30 epochs")
+    compare.add_argument("--epochs", type=_positive_int, help="default: the recipe's (example 20, strong 30)")
+    compare.add_argument("--batch-size", type=_positive_int, help="default: the recipe's (example 256, strong 128)")
+    compare.add_argument("--learning-rate", type=_positive_float,
+                         help="Adam's rate, or the strong recipe's peak (default: example 1e-3, strong 2e-3)")
     seeds = compare.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=42, help="the run's seed (default 42)")
     seeds.add_argument("--seeds", type=_seed_list,

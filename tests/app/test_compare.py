@@ -157,9 +157,10 @@ def test_bad_seeds_are_refused(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe", ["example", "strong"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, recipe):
     source = synth.make_pickled_folder(tmp_path / "src")
-    settings = dict(epochs=3, models=("involution",))
+    settings = dict(epochs=3, models=("involution",), recipe=recipe)
     straight_output, straight = tiny_run(tmp_path, source, output="straight", **settings)
 
     # Kill the run after epoch 2's checkpoint is on disk but before the
@@ -185,6 +186,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         tiny_run(tmp_path, source, output="resumed", **settings)
     with pytest.raises(compare.CompareError, match=r"settings differ.*seed \(was 7, now 8\)"):
         tiny_run(tmp_path, source, output="resumed", resume=True, seed=8, **settings)
+
+    if recipe == "strong":
+        # Its learning-rate schedule spans the epochs.
+        with pytest.raises(compare.CompareError, match=r"settings differ.*epochs"):
+            tiny_run(tmp_path, source, output="resumed", resume=True, **dict(settings, epochs=4))
 
     _, resumed = tiny_run(tmp_path, source, output="resumed", resume=True, **settings)
     assert len(resumed[0]["epochs"]) == 3

@@ -42,7 +42,7 @@ def compare(args):
     try:
         run_compare(
             models=models, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, seeds=args.seeds,
-            learning_rate=args.learning_rate, output=args.output, data=args.data,
+            learning_rate=args.learning_rate, recipe=args.recipe, output=args.output, data=args.data,
             limit=args.limit, resume=args.resume, verbose=0 if args.quiet else 1,
             cache_dir=args.cache_dir, command=getattr(args, "command_line", None),
         )

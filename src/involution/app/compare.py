@@ -23,7 +23,7 @@ RUN_FILE = "run.json"
 # would; `epochs`, `models` and the seeds after the first may change (to
 # extend a run, add a model or a seed). The first seed also draws `limit`'s
 # subset.
-RESUME_KEYS = ("batch_size", "seed", "learning_rate", "limit", "data", "backend", "per_seed_folders")
+RESUME_KEYS = ("recipe", "batch_size", "seed", "learning_rate", "limit", "data", "backend", "per_seed_folders")
 
 
 class CompareError(RuntimeError):
@@ -95,8 +95,13 @@ def resume_policy(output, settings, resume):
     if not resume:
         raise CompareError(f"{output} already holds a run. Use --resume to continue it, or another --output.")
     # Runs recorded before a setting existed had its default.
-    previous = {"per_seed_folders": False, **previous}
+    previous = {"per_seed_folders": False, "recipe": "example", **previous}
     changed = [k for k in RESUME_KEYS if previous.get(k) != settings[k]]
+    from involution.app.recipes import RECIPES
+
+    if RECIPES[settings["recipe"]].schedule != "constant" and previous.get("epochs") != settings["epochs"]:
+        # The learning rate's schedule spans the run's epochs.
+        changed.append("epochs")
     if changed:
         raise CompareError(
             f"Cannot resume {output}: these settings differ from the original run: "
@@ -113,12 +118,13 @@ def remove_stale_files(output):
 
 def run_compare(
     models=("conv", "involution"),
-    epochs=20,
-    batch_size=256,
+    epochs=None,
+    batch_size=None,
     seed=42,
-    learning_rate=1e-3,
+    learning_rate=None,
     output=None,
     seeds=None,
+    recipe="example",
     data=None,
     limit=None,
     resume=False,
@@ -131,12 +137,14 @@ def run_compare(
 
     Args:
         models: registry names, trained in this order.
-        epochs, batch_size, seed, learning_rate: the recipe (see
-            `involution.app.training.TrainConfig`).
+        epochs, batch_size, seed, learning_rate: the run's settings; None
+            for the recipe's (see `involution.app.recipes`).
         seeds: None to train each model once with `seed`, or a list of
             seeds to train each model once per seed (in
             `<output>/<model>/seed-<seed>/`; the report gives means and
             spreads). The first seed draws `limit`'s subset.
+        recipe: `"example"` (the Keras example's) or `"strong"` (see
+            `involution.app.recipes.RECIPES`).
         output: the run folder; default `runs/<timestamp>` (with `resume`:
             the latest run there).
         data: the data source (see `involution.app.data.load_dataset`).
@@ -159,7 +167,15 @@ def run_compare(
 
     from involution.app import data as data_module
 
+    from involution.app.recipes import RECIPES
+
     started = time.perf_counter()
+    if recipe not in RECIPES:
+        raise CompareError(f"Unknown recipe. Expected one of {', '.join(RECIPES)}. Received: recipe={recipe!r}")
+    defaults = RECIPES[recipe]
+    epochs = defaults.epochs if epochs is None else epochs
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    learning_rate = defaults.learning_rate if learning_rate is None else learning_rate
     check_settings(models, epochs, batch_size, learning_rate, limit, seeds)
     if resume and output is None:
         output = latest_run()
@@ -170,6 +186,7 @@ def run_compare(
     data = data or os.environ.get(data_module.DATA_ENV) or None
     settings = {
         "models": list(models),
+        "recipe": recipe,
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seeds[0] if seeds else seed,
@@ -219,7 +236,7 @@ def train_all(models, dataset, settings, output, verbose, log):
     checksum = dataset.checksum()
     for seed in settings["seeds"]:
         config = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=seed,
-                             learning_rate=settings["learning_rate"])
+                             learning_rate=settings["learning_rate"], recipe=settings["recipe"])
         for name in models:
             title = f"{name}, seed {seed}" if settings["per_seed_folders"] else name
             log(f"\n=== {title}: {models_module.describe_model(name)}")
@@ -251,6 +268,7 @@ def write_preset(model_dir, history, dataset, settings, checksum):
 
     import involution
     from involution import models as models_module
+    from involution.app.recipes import get_recipe
 
     model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False)
     last = history["epochs"][-1]
@@ -263,9 +281,8 @@ def write_preset(model_dir, history, dataset, settings, checksum):
         "best_test_accuracy": summary["best_accuracy"],
         "test_images": len(dataset.x_test),
         "epochs": len(history["epochs"]),
-        "recipe": {"name": "example", "epochs": settings["epochs"], "batch_size": settings["batch_size"],
-                   "learning_rate": settings["learning_rate"], "optimizer": "Adam",
-                   "loss": "sparse categorical cross-entropy on logits"},
+        "recipe": get_recipe(settings["recipe"]).describe(settings["epochs"], settings["batch_size"],
+                                                          settings["learning_rate"]),
         "seed": settings["seed"],
         "preprocessing": "pixels / 255",
         "input_shape": list(dataset.x_train.shape[1:]),

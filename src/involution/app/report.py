@@ -367,15 +367,19 @@ def build_blocks(run, histories, summaries_text, figures):
     """The report's content, in order, as (kind, payload) blocks."""
     env = run["environment"]
     blocks = [("h1", "Involution vs convolution on CIFAR-10")]
+    from involution.app.recipes import get_recipe
+
+    recipe = get_recipe(run.get("recipe", "example"))
     blocks.append(("p", (
-        "Each model was trained with the Keras example's recipe: pixels scaled to [0, 1], "
-        f"shuffled every epoch, batch {run['batch_size']}, Adam (learning rate {run['learning_rate']}), "
-        f"sparse categorical cross-entropy from logits, {_epochs_done(histories)}, evaluated on the "
-        "test set after every epoch. The time per epoch leaves out the epochs that include compiling "
+        f"Each model was trained with {recipe.sentence(run['epochs'], run['batch_size'], run['learning_rate'])}, "
+        f"{_epochs_done(histories)}, evaluated on the test set after every epoch"
+        + (" (the test loss includes the label smoothing)" if recipe.label_smoothing else "")
+        + ". The time per epoch leaves out the epochs that include compiling "
         "the training step (the first of every invocation).")))
     blocks.append(("h2", "Run"))
     blocks.append(("table", (["setting", "value"], [
         ["command", run["command"]],
+        ["recipe", run.get("recipe", "example")],
         ["data", run["data"]],
         ["training / test images", f"{run['train_size']:,} / {run['test_size']:,}"],
         ["seeds", ", ".join(map(str, run["seeds"]))] if run.get("per_seed_folders") else ["seed", str(run["seed"])],

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from involution.app.files import atomic_save_model, atomic_write_json
+from involution.app.recipes import get_recipe, steps_per_epoch
 
 HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
@@ -38,12 +39,15 @@ MODEL_FILE = "model.keras"
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The Keras example's recipe."""
+    """One model's training: a recipe (`involution.app.recipes`) and the
+    run's epochs, batch size, seed and (peak) learning rate. The defaults
+    are the Keras example's recipe."""
 
     epochs: int = 20
     batch_size: int = 256
     seed: int = 42
     learning_rate: float = 1e-3
+    recipe: str = "example"
 
 
 def read_history(model_dir):
@@ -66,10 +70,13 @@ def parameter_counts(model):
     return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
 
 
-def compile_model(model, config):
+def compile_model(model, config, steps_per_epoch=1):
+    """Compiles `model` with the config's recipe (`steps_per_epoch` sizes
+    a learning-rate schedule)."""
+    recipe = get_recipe(config.recipe)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=recipe.optimizer(config.learning_rate, config.epochs, steps_per_epoch),
+        loss=recipe.loss(),
         metrics=["accuracy"],
     )
 
@@ -159,7 +166,7 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, label=No
     else:
         keras.utils.set_random_seed(config.seed)
         model = create_model(name, input_shape=dataset.x_train.shape[1:], num_classes=len(dataset.class_names), **model_kwargs)
-        compile_model(model, config)
+        compile_model(model, config, steps_per_epoch(len(dataset.x_train), config.batch_size))
         history = {
             "model": name,
             "seed": config.seed,
@@ -172,19 +179,22 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, label=No
         }
     history["epochs_planned"] = config.epochs
 
+    recipe = get_recipe(config.recipe)
+    classes = len(dataset.class_names)
     x_train = dataset.x_train
-    y_train = dataset.y_train
+    y_train = recipe.targets(dataset.y_train, classes)
     x_test = dataset.x_test.astype("float32") / 255.0
-    y_test = dataset.y_test
+    y_test = recipe.targets(dataset.y_test, classes)
     first = len(history["epochs"])
     for epoch in range(first, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
+        images = recipe.augment(x_train[order], config.seed, epoch)
         callbacks = [keras.callbacks.TerminateOnNaN()]
         if verbose:
             callbacks.append(EpochProgress(epoch + 1, config.epochs, label, log=log))
         started = time.perf_counter()
         result = model.fit(
-            x_train[order].astype("float32") / 255.0,
+            images.astype("float32") / 255.0,
             y_train[order],
             batch_size=config.batch_size,
             epochs=epoch + 1,
