@@ -48,6 +48,29 @@ def test_help_and_argument_errors_do_not_import_keras():
 
 
 @pytest.mark.backend_independent
+def test_seed_recipe_and_preset_arguments_are_parsed_before_keras():
+    import involution_cli
+
+    parser = involution_cli.build_parser()
+    args = parser.parse_args(["compare", "--seeds", "42,43,44", "--recipe", "strong"])
+    assert args.seeds == [42, 43, 44] and args.recipe == "strong" and args.epochs is None
+    assert parser.parse_args(["compare"]).seeds is None
+    args = parser.parse_args(["predict", "a.png", "b.png", "--preset", "invnet_cifar10", "--top", "2", "--json"])
+    assert args.images == ["a.png", "b.png"] and args.top == 2 and args.json
+    for argv, message in (
+        (["compare", "--seeds", "42,x"], "argument --seeds: expected distinct non-negative integers"),
+        (["compare", "--seeds", "1,1"], "argument --seeds: expected distinct"),
+        (["compare", "--seed", "1", "--seeds", "2,3"], "argument --seeds: not allowed with argument --seed"),
+        (["compare", "--recipe", "weak"], "argument --recipe: invalid choice: 'weak'"),
+        (["predict", "a.png"], "the following arguments are required: --preset"),
+        (["evaluate", "--preset", "p", "--limit", "0"], "argument --limit: expected a positive integer"),
+    ):
+        done = involution(*argv, blocked=["tensorflow"])
+        assert done.returncode == 2 and message in done.stderr, (argv, done.stderr)
+        assert "keras imported: False" in done.stdout
+
+
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_runs_without_tensorflow(tmp_path, backend):
     pytest.importorskip(backend)
