@@ -96,6 +96,8 @@ def assert_presets_match_models(output, histories, per_seed=False):
         assert np.asarray(metadata["check"]["logits"]).shape == (models.presets.CHECK_IMAGES, classes)
 
 
+# Seeds are settings of the app, the same on every backend.
+@pytest.mark.backend_independent
 def test_seeds_train_every_model_per_seed_and_report_the_spread(tmp_path, monkeypatch):
     source = synth.make_pickled_folder(tmp_path / "src")
     settings = dict(epochs=2, models=("conv", "involution"))
@@ -149,6 +151,7 @@ def test_seeds_train_every_model_per_seed_and_report_the_spread(tmp_path, monkey
     assert [h["seed"] for h in more] == [5, 6, 7]
 
 
+@pytest.mark.backend_independent
 def test_bad_seeds_are_refused(tmp_path):
     source = synth.make_pickled_folder(tmp_path / "src")
     for seeds, message in (([], "non-empty"), ([1, 1], "distinct"), ([-1], "non-negative"), ("42", "list")):

@@ -84,6 +84,8 @@ def test_predict_ranks_the_classes(tmp_path, preset):
         inference.predict(preset, [str(tmp_path / "missing.png")])
 
 
+# The commands' printing and exit codes; the computations are tested above on every backend.
+@pytest.mark.backend_independent
 def test_commands_print_and_fail_cleanly(tmp_path, preset):
     tree = synth.make_image_tree(str(tmp_path / "tree"), train=6, test=6)
     image = str(tmp_path / "red.png")
