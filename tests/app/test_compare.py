@@ -195,8 +195,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, recip
         with pytest.raises(compare.CompareError, match=r"settings differ.*epochs"):
             tiny_run(tmp_path, source, output="resumed", resume=True, **dict(settings, epochs=4))
 
-    _, resumed = tiny_run(tmp_path, source, output="resumed", resume=True, **settings)
+    resumed_output, resumed = tiny_run(tmp_path, source, output="resumed", resume=True, **settings)
     assert len(resumed[0]["epochs"]) == 3
+    markdown = open(os.path.join(resumed_output, "report.md"), encoding="utf-8").read()
+    assert f"| recipe | {recipe} |" in markdown
+    assert ("label smoothing 0.1" in markdown) == (recipe == "strong")
+    metadata = models.preset_metadata(os.path.join(resumed_output, "involution", "preset"))
+    assert metadata["recipe"]["name"] == recipe and metadata["recipe"]["epochs"] == 3
     for a, b in zip(straight[0]["epochs"], resumed[0]["epochs"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
