@@ -122,6 +122,10 @@ def build_parser():
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common_options(evaluate)
 
+    presets = commands.add_parser("presets", help="List the shipped presets with their test accuracy.")
+    presets.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    _add_common_options(presets)
+
     predict = commands.add_parser(
         "predict",
         help="Print a preset's most probable classes for image files.",

@@ -110,5 +110,10 @@ def test_commands_print_and_fail_cleanly(tmp_path, preset):
     assert predicted.stdout.splitlines() == [f"{image}: airplane {100 * top[0]['probability']:.1f}%"] * 2
     missing = involution("predict", str(tmp_path / "none.png"), "--preset", preset)
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    listing = involution("presets")
+    assert listing.returncode == 0, listing.stderr
+    assert len(listing.stdout.splitlines()) == len(models.list_presets())
+    assert all(line.split(":")[0] in models.list_presets() and "test accuracy" in line
+               for line in listing.stdout.splitlines())
     unknown = involution("evaluate", "--preset", "no_such_preset", "--data", tree)
     assert unknown.returncode == 2 and "Received: preset='no_such_preset'" in unknown.stderr

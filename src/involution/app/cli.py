@@ -101,7 +101,23 @@ def predict(args):
     return 0
 
 
-HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict}
+def presets(args):
+    """The shipped presets, one line each."""
+    from involution import models
+
+    listing = {name: models.preset_metadata(name) for name in models.list_presets()}
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for name, metadata in listing.items():
+        recipe = metadata.get("recipe", {})
+        print(f"{name}: {metadata.get('model')}, {metadata.get('parameter_count', 0):,} parameters, "
+              f"test accuracy {100 * metadata.get('test_accuracy', float('nan')):.2f}% "
+              f"({recipe.get('name', '?')} recipe, {recipe.get('epochs', '?')} epochs, seed {metadata.get('seed')})")
+    return 0
+
+
+HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets}
 
 
 def run(args):
