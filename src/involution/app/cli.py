@@ -59,46 +59,53 @@ def compare(args):
     return 0
 
 
-def evaluate(args):
-    """A preset's test accuracy against its metadata's."""
+def _preset_command(args, run, show):
+    """Runs `run()`, then prints its result as JSON (`--json`) or with
+    `show(result)`; a data or preset error is one line and exit code 2."""
     from involution.app.data import DataError
-    from involution.app.inference import InferenceError, evaluate as evaluate_preset
+    from involution.app.inference import InferenceError
 
     try:
-        result = evaluate_preset(args.preset, data=args.data, limit=args.limit, seed=args.seed,
-                                 cache_dir=args.cache_dir, progress=not args.json)
+        result = run()
     except (DataError, InferenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+    else:
+        show(result)
+    return 0
+
+
+def evaluate(args):
+    """A preset's test accuracy against its metadata's."""
+    from involution.app.inference import evaluate as evaluate_preset
+
+    return _preset_command(args, lambda: evaluate_preset(args.preset, data=args.data, limit=args.limit,
+                                                         seed=args.seed, cache_dir=args.cache_dir,
+                                                         progress=not args.json), _show_evaluation)
+
+
+def _show_evaluation(result):
     print(f"{result['preset']}: test accuracy {100 * result['accuracy']:.2f}% "
           f"({result['correct']:,} of {result['images']:,} images)")
     if result["metadata_accuracy"] is not None:
         images = result["metadata_images"]
         print(f"metadata: {100 * result['metadata_accuracy']:.2f}%"
               + (f" on {images:,} images" if isinstance(images, int) else ""))
-    return 0
 
 
 def predict(args):
     """The most probable classes of image files under a preset."""
-    from involution.app.data import DataError
-    from involution.app.inference import InferenceError, predict as predict_images
+    from involution.app.inference import predict as predict_images
 
-    try:
-        results = predict_images(args.preset, args.images, top=args.top)
-    except (DataError, InferenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return _preset_command(args, lambda: predict_images(args.preset, args.images, top=args.top), _show_predictions)
+
+
+def _show_predictions(results):
     for result in results:
         classes = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
         print(f"{result['image']}: {classes}")
-    return 0
 
 
 def presets(args):

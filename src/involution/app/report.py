@@ -67,7 +67,11 @@ def plot_curves(histories, path):
                     label=f"{history['model']} train")
             ax.plot(epochs, [e.get(f"val_{key}", np.nan) for e in history["epochs"]], color=color,
                     linestyle="--", label=f"{history['model']} test")
-    for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
+    _finish_curves(plt, fig, ((loss_ax, "Loss"), (acc_ax, "Accuracy")), path)
+
+
+def _finish_curves(plt, fig, titled_axes, path):
+    for ax, title in titled_axes:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -95,14 +99,8 @@ def plot_seed_curves(histories, path):
             ax.plot(x, train.mean(axis=0), color=color, label=f"{name} train")
             ax.plot(x, test.mean(axis=0), color=color, linestyle="--", label=f"{name} test ({len(runs)} seeds)")
             ax.fill_between(x, test.min(axis=0), test.max(axis=0), color=color, alpha=0.2, linewidth=0)
-    for ax, title in ((loss_ax, "Loss (mean over seeds; test: min to max shaded)"),
-                      (acc_ax, "Accuracy (mean over seeds; test: min to max shaded)")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save_figure(fig, path)
-    plt.close(fig)
+    _finish_curves(plt, fig, ((loss_ax, "Loss (mean over seeds; test: min to max shaded)"),
+                              (acc_ax, "Accuracy (mean over seeds; test: min to max shaded)")), path)
 
 
 def involution_layers(model):
