@@ -270,6 +270,15 @@ def write_preset(model_dir, history, dataset, settings, checksum):
     from involution import models as models_module
     from involution.app.recipes import get_recipe
 
+    folder = os.path.join(model_dir, PRESET_FOLDER)
+    try:
+        written = models_module.preset_metadata(folder)
+    except ValueError:
+        written = None
+    if written and written.get("epochs") == len(history["epochs"]) and written.get("seed") == settings["seed"]:
+        # Written when this model finished; a later invocation keeps the
+        # command that trained it.
+        return
     model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False)
     last = history["epochs"][-1]
     summary = report.summarize(history)
@@ -296,7 +305,7 @@ def write_preset(model_dir, history, dataset, settings, checksum):
         "trained": settings["started"],
         "check": models_module.presets.output_check(model),
     }
-    models_module.save_preset(model, os.path.join(model_dir, PRESET_FOLDER), metadata)
+    models_module.save_preset(model, folder, metadata)
 
 
 def write_report(output, settings, histories, dataset, started):
