@@ -96,7 +96,7 @@ def test_fast_raises_where_a_fast_path_cannot_run():
     keys = keras.ops.zeros((1, 4, 4, 2, 3))
     x = keras.ops.zeros((2, 4, 4, 8))
     if BACKEND == "jax":
-        # JAX has the fast apply step only.
+        # JAX has the fast apply step and tiling pools only.
         with pytest.raises(ValueError, match="no fast window_correlation path"):
             window_logits(queries, keys, 3, 1, 1, implementation="fast")
         with pytest.raises(ValueError, match="no fast batch_norm path"):
@@ -110,6 +110,9 @@ def test_fast_raises_where_a_fast_path_cannot_run():
     if BACKEND == "torch":
         with pytest.raises(ValueError, match="cannot run the fast pool path here: channels_first"):
             MaxPooling2D(2, data_format="channels_first", implementation="fast")(x)
+    elif BACKEND == "jax":
+        with pytest.raises(ValueError, match=r"cannot run the fast pool path here: its windows overlap"):
+            MaxPooling2D(3, strides=2, implementation="fast")(x)
     else:
         with pytest.raises(ValueError, match="no fast pool path"):
             MaxPooling2D(2, implementation="fast")(x)

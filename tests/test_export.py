@@ -69,10 +69,11 @@ def export_and_run(model, export_format, tmp_path):
 @pytest.mark.parametrize("export_format", FORMATS)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_export_round_trip(name, export_format, tmp_path):
-    if BACKEND == "jax" and export_format == "onnx":
+    if BACKEND == "jax" and export_format == "onnx" and name in ("conv", "involution"):
         # jax2onnx fails Keras' own conv model here too (onnxruntime
-        # refuses its MaxPool), and every network of the registry pools.
-        pytest.skip("JAX to ONNX: see test_jax_onnx_* (the docs say what works)")
+        # refuses the MaxPool it writes for Keras' MaxPooling2D); the zoo's
+        # MaxPooling2D pools tiles by a reshape, which converts.
+        pytest.skip("JAX to ONNX of Keras' MaxPooling2D: see test_jax_onnx_* (the docs say what works)")
     export_and_run(MODELS[name](), export_format, tmp_path)
 
 

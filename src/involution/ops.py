@@ -320,13 +320,15 @@ def pool(inputs, size, strides, mode, data_format, implementation="auto"):
     """`keras.ops.max_pool` / `average_pool` ("valid"), or the backend's fast pooling.
 
     The fast path (`involution.config`, `"pool"`) exists on PyTorch, whose
-    Keras pooling copies channels_last maps to channels_first and back.
+    Keras pooling copies channels_last maps to channels_first and back, and
+    on JAX for tiling windows (`size == strides`), whose max pooling XLA
+    differentiates with a slow scatter on the CPU.
     """
     inputs = ops.convert_to_tensor(inputs)
     backend = backend_module()
     support = getattr(backend, "pool_support", None)
-    if use_fast_path("pool", implementation, support and (lambda: support(inputs, data_format))):
-        return backend.pool(inputs, size, strides, mode)
+    if use_fast_path("pool", implementation, support and (lambda: support(inputs, data_format, size, strides))):
+        return backend.pool(inputs, size, strides, mode, data_format)
     pooling = ops.max_pool if mode == "max" else ops.average_pool
     return pooling(inputs, size, strides, "valid", data_format)
 

@@ -3,6 +3,7 @@ XLA custom gradient ("xla"). The dispatcher picks one per call (and sends
 groups of fewer than 8 channels to the reference), so `test_ops.py` alone
 would reach only one of them."""
 
+import functools
 import itertools
 import shutil
 
@@ -105,3 +106,32 @@ def test_environment_variable_disables_the_ffi(rng, monkeypatch):
     finally:
         monkeypatch.delenv(jax_backend.FFI_ENV)
         jax_backend._ffi_available.cache_clear()
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_tiled_max_pool_gives_ties_derivative_as_keras_does(rng, data_format):
+    from involution.ops import pool
+
+    # After a ReLU most 2x2 tiles of a sparse map tie at zero, and some
+    # positive values repeat: the first maximum takes the derivative.
+    x = np.maximum(rng.normal(size=(2, 7, 6, 3)), 0).astype("float32")
+    x[0, 0, 0, 0] = x[0, 0, 1, 0] = x[0, 1, 0, 0] = 2.0
+    x = ref.from_channels_last(x, data_format)
+    weights = jnp.asarray(rng.normal(size=pool(x, 2, 2, "max", data_format, "reference").shape), "float32")
+
+    def loss(inputs, implementation):
+        return jnp.sum(pool(inputs, 2, 2, "max", data_format, implementation) * weights)
+
+    for order in range(2):
+        grads = {}
+        for implementation in ("fast", "reference"):
+            fn = functools.partial(loss, implementation=implementation)
+            grad = jax.grad(fn)
+            if order:  # forward over reverse: the pool is piecewise linear, so zero
+                grad = lambda inputs, g=grad: jax.jvp(g, (inputs,), (jnp.ones_like(inputs),))[1]  # noqa: E731
+            grads[implementation] = np.asarray(jax.jit(grad)(jnp.asarray(x)))
+        np.testing.assert_array_equal(grads["fast"], grads["reference"])
+    np.testing.assert_array_equal(np.asarray(pool(x, (2, 2), (2, 2), "max", data_format, "fast")),
+                                  np.asarray(pool(x, 2, 2, "max", data_format, "reference")))
+    assert jax_backend.pool_support(x, data_format, 2, 2) is None
+    assert "overlap" in jax_backend.pool_support(x, data_format, 3, 2)

@@ -386,3 +386,65 @@ def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_f
     if data_format == "channels_first":
         output = jnp.transpose(output, (0, 3, 1, 2))
     return output
+
+
+# === Pooling ===
+# XLA's CPU backward of max pooling is `select_and_scatter`, a scalar loop
+# over windows (about an eighth of an invnet step). Pooling by tiles
+# (pool size == strides) is a reshape and a reduction, and its derivative,
+# written out below, is one elementwise pass that XLA fuses.
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def pool_support(inputs, data_format, size, strides):
+    if _pair(size) != _pair(strides if strides is not None else size):
+        return "its windows overlap or leave gaps (pool_size != strides); only tiling windows are reshaped"
+    return None
+
+
+def _tiles(inputs, size, data_format):
+    """`inputs` cropped to whole tiles and reshaped so that the two returned
+    axes run within a tile."""
+    rows, cols = size
+    if data_format == "channels_last":
+        batch, height, width, channels = inputs.shape
+        cropped = inputs[:, : height // rows * rows, : width // cols * cols, :]
+        return cropped.reshape(batch, height // rows, rows, width // cols, cols, channels), (2, 4)
+    batch, channels, height, width = inputs.shape
+    cropped = inputs[:, :, : height // rows * rows, : width // cols * cols]
+    return cropped.reshape(batch, channels, height // rows, rows, width // cols, cols), (3, 5)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _max_pool_tiles(inputs, size, data_format):
+    tiles, axes = _tiles(inputs, size, data_format)
+    return jnp.max(tiles, axis=axes)
+
+
+@_max_pool_tiles.defjvp
+def _max_pool_tiles_jvp(size, data_format, primals, tangents):
+    (inputs,), (tangent,) = primals, tangents
+    tiles, axes = _tiles(inputs, size, data_format)
+    pooled = jnp.max(tiles, axis=axes)
+    # The first maximum of each tile in row-major order takes the whole
+    # derivative, as XLA's `select_and_scatter` (Keras' reference) gives it,
+    # rather than tied maxima sharing it.
+    shape = [1] * tiles.ndim
+    shape[axes[0]], shape[axes[1]] = size
+    order = jnp.arange(size[0] * size[1], dtype=jnp.int32).reshape(shape)
+    candidates = jnp.where(tiles == jnp.expand_dims(pooled, axes), order, size[0] * size[1])
+    first = order == jnp.expand_dims(jnp.min(candidates, axis=axes), axes)
+    tangent_tiles, _ = _tiles(tangent, size, data_format)
+    return pooled, jnp.sum(jnp.where(first, tangent_tiles, jnp.zeros_like(tangent_tiles)), axis=axes)
+
+
+def pool(inputs, size, strides, mode, data_format="channels_last"):
+    """Max or average pooling over tiles of `size` ("valid": a remainder is dropped)."""
+    inputs = jnp.asarray(inputs)
+    if mode == "max":
+        return _max_pool_tiles(inputs, _pair(size), data_format)
+    tiles, axes = _tiles(inputs, _pair(size), data_format)
+    return jnp.mean(tiles, axis=axes)

@@ -238,13 +238,13 @@ def batch_norm_support(inputs):
     return None
 
 
-def pool_support(inputs, data_format):
+def pool_support(inputs, data_format, size=None, strides=None):
     if data_format != "channels_last":
         return "channels_first maps are pooled by Keras' own op, which copies nothing"
     return None
 
 
-def pool(inputs, size, strides, mode):
+def pool(inputs, size, strides, mode, data_format="channels_last"):
     """Pools a channels-last map through its channels-first view.
 
     Keras' PyTorch pooling copies a channels-last map to a contiguous
