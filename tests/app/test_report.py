@@ -1,4 +1,6 @@
-"""Tests of the report's kernel maps (`involution.app.report.kernel_maps`)."""
+"""Tests of the report: kernel maps (`involution.app.report.kernel_maps`) and paths."""
+
+import os
 
 import keras
 import numpy as np
@@ -62,3 +64,19 @@ def test_kernel_maps_show_attention_kernels_centre_tap(rng):
     # What the example's sum would show: the same value at every pixel.
     kernel = keras.ops.convert_to_numpy(generator(np.ones((1, 5, 6, 4), "float32")))
     np.testing.assert_allclose(kernel.sum(axis=-1), 2.0, rtol=1e-5)
+
+
+@pytest.mark.backend_independent
+def test_data_paths_are_shown_relative_where_short(tmp_path, monkeypatch):
+    from involution.app.report import display_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    assert display_path(str(tmp_path / "data" / "cifar.tar.gz")) == os.path.join("data", "cifar.tar.gz")
+    monkeypatch.chdir(tmp_path / "work")
+    assert display_path(str(tmp_path / "data" / "cifar.tar.gz")) == os.path.join("..", "data", "cifar.tar.gz")
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert display_path(str(tmp_path / "data.tar.gz")) == str(tmp_path / "data.tar.gz")
+    assert display_path("keras.datasets.cifar10") == "keras.datasets.cifar10"

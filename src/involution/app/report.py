@@ -361,6 +361,15 @@ def format_table(header, rows):
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def display_path(path):
+    """A local path as relative to the working folder where that is short
+    (a report travels; the machine's folder names need not), else as it is."""
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return relative if relative.split(os.sep)[:3].count(os.pardir) < 3 else path
+
+
 def build_blocks(run, histories, summaries_text, figures):
     """The report's content, in order, as (kind, payload) blocks."""
     env = run["environment"]
@@ -378,7 +387,7 @@ def build_blocks(run, histories, summaries_text, figures):
     blocks.append(("table", (["setting", "value"], [
         ["command", run["command"]],
         ["recipe", run.get("recipe", "example")],
-        ["data", run["data"]],
+        ["data", display_path(run["data"])],
         ["training / test images", f"{run['train_size']:,} / {run['test_size']:,}"],
         ["seeds", ", ".join(map(str, run["seeds"]))] if run.get("per_seed_folders") else ["seed", str(run["seed"])],
         ["backend", env["backend"]],
