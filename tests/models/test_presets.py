@@ -115,7 +115,7 @@ def test_interrupted_writes_leave_the_previous_files(tmp_path, monkeypatch):
 
 def test_shipped_presets_are_listed():
     assert SHIPPED == sorted(SHIPPED)
-    assert {"conv_cifar10", "involution_cifar10", "invnet_cifar10"} <= set(SHIPPED)
+    assert {"conv_cifar10", "involution_cifar10", "invnet_cifar10", "invnet_cifar10_strong"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
