@@ -97,7 +97,7 @@ def plot_seed_curves(histories, path):
             train = np.array([[e.get(key, np.nan) for e in h["epochs"][:epochs]] for h in runs], float)
             test = np.array([[e.get(f"val_{key}", np.nan) for e in h["epochs"][:epochs]] for h in runs], float)
             ax.plot(x, train.mean(axis=0), color=color, label=f"{name} train")
-            ax.plot(x, test.mean(axis=0), color=color, linestyle="--", label=f"{name} test ({len(runs)} seeds)")
+            ax.plot(x, test.mean(axis=0), color=color, linestyle="--", label=f"{name} test ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
             ax.fill_between(x, test.min(axis=0), test.max(axis=0), color=color, alpha=0.2, linewidth=0)
     _finish_curves(plt, fig, ((loss_ax, "Loss (mean over seeds; test: min to max shaded)"),
                               (acc_ax, "Accuracy (mean over seeds; test: min to max shaded)")), path)
