@@ -28,7 +28,9 @@ class Recipe:
             at the last step).
         warmup_epochs: epochs of linear warm-up (cosine only).
         weight_decay: AdamW's decoupled decay per step, as a fraction of the
-            learning rate (0: Adam).
+            learning rate (0: Adam). It applies to every weight, batch-norm
+            scales and biases included: Keras does not save an optimizer's
+            exclusions, so a resumed run would decay differently.
         label_smoothing: the cross-entropy's label smoothing (0: none).
         shift: random translation of every training image by up to this
             many pixels each way, zero-filled: the pad-and-crop augmentation
