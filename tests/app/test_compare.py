@@ -286,6 +286,8 @@ def test_bad_outputs_and_settings_are_refused_before_anything_is_written(tmp_pat
     for value in (float("nan"), float("inf"), 0.0, -1e-3):
         with pytest.raises(compare.CompareError, match=r"learning_rate must be a positive finite number. Received"):
             compare.run_compare(data=str(source), output=str(tmp_path / "run"), learning_rate=value)
+    with pytest.raises(compare.CompareError, match=r"Expected one of example, strong. Received: recipe='weak'"):
+        compare.run_compare(data=str(source), output=str(tmp_path / "run"), recipe="weak")
     assert not (tmp_path / "run").exists()
 
 

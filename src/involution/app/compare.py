@@ -167,12 +167,13 @@ def run_compare(
 
     from involution.app import data as data_module
 
-    from involution.app.recipes import RECIPES
+    from involution.app.recipes import get_recipe
 
     started = time.perf_counter()
-    if recipe not in RECIPES:
-        raise CompareError(f"Unknown recipe. Expected one of {', '.join(RECIPES)}. Received: recipe={recipe!r}")
-    defaults = RECIPES[recipe]
+    try:
+        defaults = get_recipe(recipe)
+    except ValueError as error:
+        raise CompareError(str(error)) from None
     epochs = defaults.epochs if epochs is None else epochs
     batch_size = defaults.batch_size if batch_size is None else batch_size
     learning_rate = defaults.learning_rate if learning_rate is None else learning_rate

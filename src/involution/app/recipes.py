@@ -167,8 +167,9 @@ RECIPES = {
 
 
 def get_recipe(name):
+    """The `Recipe` named `name` (a key of `RECIPES`); a `ValueError` names the choices otherwise."""
     if name not in RECIPES:
-        raise ValueError(f"Unknown recipe. Expected one of {sorted(RECIPES)}. Received: recipe={name!r}")
+        raise ValueError(f"Unknown recipe. Expected one of {', '.join(RECIPES)}. Received: recipe={name!r}")
     return RECIPES[name]
 
 
