@@ -63,6 +63,21 @@ def weight_gradients(model, loss_fn, x, y):
     return [None if g is None else keras.ops.convert_to_numpy(g) for g in grads]
 
 
+def compiled(fn):
+    """`fn` as one compiled program on JAX, `fn` itself elsewhere.
+
+    JAX runs a function op by op outside `jax.jit`, compiling every op for
+    every new shape; a grid whose shapes change from case to case pays that
+    for each case. Keras' own JAX training and prediction steps are jitted
+    programs like this one.
+    """
+    if keras.backend.backend() != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn)
+
+
 def alternating(cases, choices):
     """Each case of `cases` with one of `choices`, in turn.
 

@@ -8,7 +8,7 @@ import pytest
 
 from involution import ops as involution_ops
 from tests import numpy_reference as ref
-from tests.backend_utils import alternating, gradients
+from tests.backend_utils import alternating, compiled, gradients
 
 
 # Every backend Keras runs here has a fast apply path.
@@ -50,10 +50,11 @@ def test_apply_matches_numpy(
     rng, implementation, kernel_size, stride, groups, dilation, size, data_format
 ):
     x, kernel = random_case(rng, 2, *size, 24, kernel_size, stride, groups, data_format)
-    out = involution_ops.involution_apply(
-        x, kernel, kernel_size, stride, dilation, groups, data_format,
-        implementation=implementation,
-    )
+    out = compiled(
+        lambda x, kernel: involution_ops.involution_apply(
+            x, kernel, kernel_size, stride, dilation, groups, data_format, implementation=implementation
+        )
+    )(x, kernel)
     expected = ref.involution_apply(x, kernel, kernel_size, stride, dilation, groups, data_format)
     # float32 sums of at most 49 products of unit normals.
     np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-5, atol=1e-5)

@@ -44,14 +44,18 @@ def test_values_and_gradients(rng, path, kernel_size, stride, groups, dilation, 
     # path has no such cases, 6 channels (6 or 2 per group) also reach it.
     x, kernel = apply_case(rng, kernel_size, stride, groups, 24 if path == "ffi" else 6, data_format)
     args = (kernel_size, stride, dilation, groups, data_format)
-    out = jax_backend._grouped_apply(jnp.asarray(x), jnp.asarray(kernel), *args, path)
+    # Compiled, as Keras' steps run them: op by op, JAX would compile each
+    # of the reference's ops for every case's shapes.
+    out = jax.jit(lambda a, b: jax_backend._grouped_apply(a, b, *args, path))(x, kernel)
     np.testing.assert_allclose(np.asarray(out), ref.involution_apply(x, kernel, *args), rtol=1e-5, atol=1e-5)
 
     weights = jnp.asarray(rng.standard_normal(out.shape).astype("float32"))
-    grads = jax.grad(lambda a, b: jnp.sum(jax_backend._grouped_apply(a, b, *args, path) * weights), (0, 1))(
+    grads = jax.jit(jax.grad(lambda a, b: jnp.sum(jax_backend._grouped_apply(a, b, *args, path) * weights), (0, 1)))(
         x, kernel
     )
-    expected = jax.grad(lambda a, b: jnp.sum(involution_apply_reference(a, b, *args) * weights), (0, 1))(x, kernel)
+    expected = jax.jit(jax.grad(lambda a, b: jnp.sum(involution_apply_reference(a, b, *args) * weights), (0, 1)))(
+        x, kernel
+    )
     for got, want in zip(grads, expected):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 

@@ -13,6 +13,10 @@ from involution import models
 from tests.backend_utils import weight_gradients
 
 ALL_MODELS = models.list_models()
+# RedNets deeper than 26 are RedNet-26's blocks in other counts: what they add
+# does not depend on the backend, so one backend's pass builds and
+# differentiates each of them, and every pass the 26-layer ones.
+DEEPER_REDNETS = {name for name in ALL_MODELS if name.startswith("rednet") and not name.startswith("rednet26")}
 
 
 def test_registry_lists_and_rejects():
@@ -24,7 +28,9 @@ def test_registry_lists_and_rejects():
         models.register_model("conv")(lambda **kwargs: None)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.backend_independent) if n in DEEPER_REDNETS else n for n in ALL_MODELS]
+)
 def test_model_output_gradients_and_config(name, rng):
     # RedNets at an eighth of their width: the same blocks and depths at a
     # fraction of the time (their full widths are counted in test_rednet.py).
