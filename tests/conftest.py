@@ -35,8 +35,8 @@ def _clean_keras_state():
     """Each test starts from float32 and a fresh name scope."""
     keras.config.set_dtype_policy("float32")
     # Without the full garbage collection Keras adds by default: with three
-    # frameworks loaded it takes most of a second, per test. Python's own
-    # collector still runs.
+    # frameworks loaded it is slow, and it would run before every test.
+    # Python's own collector still runs.
     keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield

@@ -44,8 +44,7 @@ def test_values_and_gradients(rng, path, kernel_size, stride, groups, dilation, 
     # path has no such cases, 6 channels (6 or 2 per group) also reach it.
     x, kernel = apply_case(rng, kernel_size, stride, groups, 24 if path == "ffi" else 6, data_format)
     args = (kernel_size, stride, dilation, groups, data_format)
-    # Compiled, as Keras' steps run them: op by op, JAX would compile each
-    # of the reference's ops for every case's shapes.
+    # Compiled, as Keras' steps run them (see `tests.backend_utils.compiled`).
     out = jax.jit(lambda a, b: jax_backend._grouped_apply(a, b, *args, path))(x, kernel)
     np.testing.assert_allclose(np.asarray(out), ref.involution_apply(x, kernel, *args), rtol=1e-5, atol=1e-5)
 
