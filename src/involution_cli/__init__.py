@@ -136,6 +136,19 @@ def build_parser():
     predict.add_argument("--top", type=_positive_int, default=3, help="classes per image (default 3)")
     predict.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common_options(predict)
+
+    summarize = commands.add_parser(
+        "summarize",
+        help="Merge the seeds of several compare runs into one table of mean ± std.",
+        description="Reads the summary.json of each report (a run folder, a copy of its report, or the file) "
+        "and prints every model's seeds together, with mean ± sample standard deviation; refuses studies "
+        "whose settings or parameter counts differ, or that share a seed of a model.",
+    )
+    summarize.add_argument("summaries", nargs="+", metavar="REPORT", help="report folders or summary.json files")
+    output = summarize.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    output.add_argument("--json", action="store_true", help="print the merged statistics as JSON")
+    _add_common_options(summarize)
     return parser
 
 

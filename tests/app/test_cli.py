@@ -107,3 +107,25 @@ def test_compare_shows_the_runs_epochs_and_no_framework_logs(tmp_path):
     assert not noise, noise
     report = open(tmp_path / "out" / "report.md", encoding="utf-8").read()
     assert "| command | involution compare --data" in report
+
+
+@pytest.mark.backend_independent
+def test_summarize_merges_reports_and_refuses_a_repeated_seed(tmp_path):
+    import json
+
+    def report(folder, seeds, finals):
+        os.makedirs(tmp_path / folder)
+        summary = {"models": [{"model": "invnet", "parameters": 81616, "seeds": seeds, "final_accuracy": finals,
+                               "best_accuracy": finals, "epoch_time": 10.0, "finished": len(seeds)}]}
+        (tmp_path / folder / "summary.json").write_text(json.dumps(summary))
+        return str(tmp_path / folder)
+
+    first, second = report("a", [42, 43], [0.70, 0.74]), report("b", [44], [0.72])
+    done = involution("summarize", first, os.path.join(second, "summary.json"), "--markdown")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| invnet | 81,616 | 3 | 72.00% ± 2.00 | 72.00% ± 2.00 | 42: 70.00%, 43: 74.00%, 44: 72.00% |" in done.stdout
+    done = involution("summarize", first, first)
+    assert done.returncode == 2 and "error: Expected each seed of invnet in one study only" in done.stderr
+    done = involution("summarize", str(tmp_path / "missing"))
+    assert done.returncode == 2 and "Expected a report folder or its summary.json. Received:" in done.stderr
+    assert "Traceback" not in done.stderr

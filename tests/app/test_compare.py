@@ -134,7 +134,9 @@ def test_seeds_train_every_model_per_seed_and_report_the_spread(tmp_path, monkey
     np.testing.assert_allclose(alone[0]["epochs"][-1]["val_loss"], histories[3]["epochs"][-1]["val_loss"],
                                rtol=1e-5)
 
-    summary = json.load(open(os.path.join(output, "summary.json")))["models"]
+    written = json.load(open(os.path.join(output, "summary.json")))
+    assert written["settings"]["recipe"] == "example" and written["settings"]["epochs"] == settings["epochs"]
+    summary = written["models"]
     conv = summary[0]
     finals = [h["epochs"][-1]["val_accuracy"] for h in histories if h["model"] == "conv"]
     assert conv["model"] == "conv" and conv["seeds"] == [5, 6] and conv["final_accuracy"] == finals

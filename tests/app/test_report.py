@@ -1,4 +1,4 @@
-"""Tests of the report: kernel maps (`involution.app.report.kernel_maps`) and paths."""
+"""Tests of the report: kernel maps, paths and merged seed statistics (`involution.app.report`)."""
 
 import os
 
@@ -8,7 +8,7 @@ import pytest
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.layer import Involution, InvolutionKernelGenerator
-from involution.app.report import kernel_maps
+from involution.app.report import kernel_maps, merge_summaries, statistics_rows
 
 
 def _model(involution, shape):
@@ -80,3 +80,46 @@ def test_data_paths_are_shown_relative_where_short(tmp_path, monkeypatch):
     monkeypatch.chdir(deep)
     assert display_path(str(tmp_path / "data.tar.gz")) == str(tmp_path / "data.tar.gz")
     assert display_path("keras.datasets.cifar10") == "keras.datasets.cifar10"
+
+
+def _summary(models, settings=None):
+    summary = {"models": [
+        {"model": name, "parameters": parameters, "seeds": seeds, "final_accuracy": finals,
+         "best_accuracy": [a + 0.01 for a in finals], "epoch_time": time, "finished": len(seeds)}
+        for name, parameters, seeds, finals, time in models
+    ]}
+    if settings is not None:
+        summary["settings"] = settings
+    return summary
+
+
+def test_merged_summaries_pool_the_seeds_of_each_model():
+    settings = {"recipe": "example", "epochs": 20, "batch_size": 256, "learning_rate": 0.001, "limit": None,
+                "backend": "tensorflow"}
+    first = _summary([("conv", 100, [42, 43], [0.70, 0.72], 40.0), ("invnet", 50, [42, 43], [0.71, 0.75], 100.0)])
+    second = _summary([("invnet", 50, [44], [0.73], 120.0), ("resnet8", 70, [44], [0.60], 80.0)], settings)
+    conv, invnet, resnet8 = merge_summaries([first, second])
+    assert [conv["model"], invnet["model"], resnet8["model"]] == ["conv", "invnet", "resnet8"]
+    assert invnet["seeds"] == [42, 43, 44] and invnet["finished"] == 3
+    np.testing.assert_allclose(invnet["final_accuracy_mean_std"], [0.73, np.std([0.71, 0.75, 0.73], ddof=1)])
+    np.testing.assert_allclose(invnet["best_accuracy_mean_std"], [0.74, np.std([0.72, 0.76, 0.74], ddof=1)])
+    assert invnet["epoch_time"] == 110.0
+    assert conv["seeds"] == [42, 43] and resnet8["final_accuracy_mean_std"] == (0.6, None)
+    [row] = statistics_rows([invnet])
+    assert row[:5] == ["invnet", "50", "3", "73.00% ± 2.00", "74.00% ± 2.00"]
+    assert row[5] == "42: 71.00%, 43: 75.00%, 44: 73.00%"
+
+
+def test_summaries_of_different_experiments_are_not_merged():
+    settings = {"recipe": "example", "epochs": 20, "batch_size": 256, "learning_rate": 0.001, "limit": None,
+                "backend": "tensorflow"}
+    a = _summary([("invnet", 50, [42], [0.7], 1.0)], settings)
+    with pytest.raises(ValueError, match=r"seed 42 again in b"):
+        merge_summaries([a, _summary([("invnet", 50, [42], [0.7], 1.0)])], sources=["a", "b"])
+    with pytest.raises(ValueError, match=r"invnet to have one parameter count .* Received: 50 in a, 51 in b"):
+        merge_summaries([a, _summary([("invnet", 51, [43], [0.7], 1.0)])], sources=["a", "b"])
+    strong = dict(settings, recipe="strong", epochs=30)
+    with pytest.raises(ValueError, match=r"b and a differ in epochs \(20, 30\), recipe \('example', 'strong'\)"):
+        merge_summaries([a, _summary([("invnet", 50, [43], [0.7], 1.0)], strong)], sources=["a", "b"])
+    with pytest.raises(ValueError, match=r"Expected a summary.json with a list of models. Received: b"):
+        merge_summaries([a, {"models": "none"}], sources=["a", "b"])

@@ -124,7 +124,37 @@ def presets(args):
     return 0
 
 
-HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets}
+def _read_summary(path):
+    import os
+
+    file = os.path.join(path, "summary.json") if os.path.isdir(path) else path
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"Expected a report folder or its summary.json. Received: {path} ({error})") from None
+
+
+def summarize(args):
+    """Several studies' seeds as one study: mean ± std per model."""
+    from involution.app import report
+
+    try:
+        statistics = report.merge_summaries([_read_summary(p) for p in args.summaries], sources=args.summaries)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"models": statistics}, indent=2))
+    elif args.markdown:
+        print(report.render_markdown([("table", (report.SEED_HEADER, report.statistics_rows(statistics)))]), end="")
+    else:
+        print(report.format_table(report.SEED_HEADER, report.statistics_rows(statistics)))
+    return 0
+
+
+HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets,
+            "summarize": summarize}
 
 
 def run(args):

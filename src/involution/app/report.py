@@ -327,8 +327,13 @@ SEED_HEADER = ["model", "parameters", "seeds", "final test acc. (mean ± std)", 
 
 
 def seed_rows(histories):
+    return statistics_rows(seed_statistics(histories))
+
+
+def statistics_rows(statistics):
+    """`SEED_HEADER`'s rows of per-model statistics (see `seed_statistics`)."""
     rows = []
-    for stats in seed_statistics(histories):
+    for stats in statistics:
         per_seed = ", ".join(f"{seed}: {_fmt_pct(value)}" for seed, value in zip(stats["seeds"], stats["final_accuracy"]))
         rows.append([
             stats["model"], f"{stats['parameters']:,}", str(len(stats["seeds"])),
@@ -336,6 +341,87 @@ def seed_rows(histories):
             "–" if stats["epoch_time"] is None else f"{stats['epoch_time']:.1f} s",
         ])
     return rows
+
+
+# The settings that make two studies' runs the same experiment.
+STUDY_KEYS = ("recipe", "epochs", "batch_size", "learning_rate", "limit", "backend")
+
+
+def study_settings(run):
+    """The settings of `run` that `merge_summaries` requires to agree."""
+    return {key: run.get(key) for key in STUDY_KEYS}
+
+
+def merge_summaries(summaries, sources=None):
+    """Per model, the seeds of several studies' `summary.json` together.
+
+    Studies of the same models run in different folders (or on different
+    machines of one kind) are one study of more seeds where each model has
+    the same parameter count in all of them, no seed of a model occurs
+    twice (it would shrink the spread) and the recorded settings
+    (`STUDY_KEYS`) agree; a summary that records no settings is taken as
+    agreeing.
+
+    Args:
+        summaries: the parsed `summary.json` dicts, `{"models": [...]}`.
+        sources: names of the summaries for error messages (default:
+            their positions).
+
+    Returns:
+        The per-model statistics in `seed_statistics`' form, models in the
+        order they first appear; the time per epoch is the median of the
+        studies' medians.
+
+    Raises:
+        ValueError: where the studies cannot be merged.
+    """
+    sources = list(sources) if sources is not None else [f"summary {i}" for i in range(len(summaries))]
+    settings, settings_source = None, None
+    merged = {}
+    for summary, source in zip(summaries, sources):
+        if not isinstance(summary, dict) or not isinstance(summary.get("models"), list):
+            raise ValueError(f"Expected a summary.json with a list of models. Received: {source}")
+        if summary.get("settings") is not None:
+            if settings is not None and summary["settings"] != settings:
+                differ = sorted(k for k in STUDY_KEYS if summary["settings"].get(k) != settings.get(k))
+                raise ValueError(
+                    f"Expected studies with the same settings; {source} and {settings_source} differ in "
+                    + ", ".join(f"{k} ({settings.get(k)!r}, {summary['settings'].get(k)!r})" for k in differ))
+            settings, settings_source = summary["settings"], source
+        for stats in summary["models"]:
+            name = stats["model"]
+            entry = merged.setdefault(name, {"model": name, "parameters": stats["parameters"], "seeds": [],
+                                             "final_accuracy": [], "best_accuracy": [], "times": [],
+                                             "finished": 0, "source": source})
+            if stats["parameters"] != entry["parameters"]:
+                raise ValueError(
+                    f"Expected {name} to have one parameter count in every study. Received: "
+                    f"{entry['parameters']:,} in {entry['source']}, {stats['parameters']:,} in {source}")
+            repeated = sorted(set(entry["seeds"]) & set(stats["seeds"]))
+            if repeated:
+                raise ValueError(
+                    f"Expected each seed of {name} in one study only. Received: seed "
+                    f"{', '.join(map(str, repeated))} again in {source}")
+            entry["seeds"] += stats["seeds"]
+            entry["final_accuracy"] += stats["final_accuracy"]
+            entry["best_accuracy"] += stats["best_accuracy"]
+            entry["finished"] += stats.get("finished", 0)
+            if stats.get("epoch_time") is not None:
+                entry["times"].append(stats["epoch_time"])
+    statistics = []
+    for entry in merged.values():
+        statistics.append({
+            "model": entry["model"],
+            "parameters": entry["parameters"],
+            "seeds": entry["seeds"],
+            "final_accuracy": entry["final_accuracy"],
+            "best_accuracy": entry["best_accuracy"],
+            "final_accuracy_mean_std": mean_and_std(entry["final_accuracy"]),
+            "best_accuracy_mean_std": mean_and_std(entry["best_accuracy"]),
+            "epoch_time": float(np.median(entry["times"])) if entry["times"] else None,
+            "finished": entry["finished"],
+        })
+    return statistics
 
 
 def run_rows(histories, default_seed=None):
@@ -572,7 +658,8 @@ def write_report(output_dir, run, histories, models, dataset, summaries=None):
     if summaries is None:
         summaries = {name: model_summary_text(model) for name, model in models.items()}
     blocks = build_blocks(run, histories, summaries, figures)
-    atomic_write_json(os.path.join(output_dir, "summary.json"), {"models": seed_statistics(histories)})
+    atomic_write_json(os.path.join(output_dir, "summary.json"),
+                      {"settings": study_settings(run), "models": seed_statistics(histories)})
     atomic_write_text(os.path.join(output_dir, "report.md"), render_markdown(blocks))
     atomic_write_text(os.path.join(output_dir, "report.html"), render_html(blocks))
     return blocks
