@@ -6,6 +6,7 @@ parses the command line before Keras is imported and then calls `run`.
 
 import json
 import logging
+import os
 import sys
 
 
@@ -125,8 +126,6 @@ def presets(args):
 
 
 def _read_summary(path):
-    import os
-
     file = os.path.join(path, "summary.json") if os.path.isdir(path) else path
     try:
         with open(file, encoding="utf-8") as f:

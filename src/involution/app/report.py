@@ -308,18 +308,23 @@ def seed_statistics(histories):
         final = [s["final_accuracy"] for s in summaries]
         best = [s["best_accuracy"] for s in summaries]
         times = [s["epoch_time"] for s in summaries if s["epoch_time"] is not None]
-        statistics.append({
-            "model": name,
-            "parameters": runs[0]["parameters"]["total"],
-            "seeds": [h.get("seed") for h in runs],
-            "final_accuracy": final,
-            "best_accuracy": best,
-            "final_accuracy_mean_std": mean_and_std(final),
-            "best_accuracy_mean_std": mean_and_std(best),
-            "epoch_time": float(np.median(times)) if times else None,
-            "finished": sum(h["status"] == "finished" for h in runs),
-        })
+        statistics.append(_model_statistics(name, runs[0]["parameters"]["total"], [h.get("seed") for h in runs],
+                                            final, best, times, sum(h["status"] == "finished" for h in runs)))
     return statistics
+
+
+def _model_statistics(name, parameters, seeds, final, best, times, finished):
+    return {
+        "model": name,
+        "parameters": parameters,
+        "seeds": seeds,
+        "final_accuracy": final,
+        "best_accuracy": best,
+        "final_accuracy_mean_std": mean_and_std(final),
+        "best_accuracy_mean_std": mean_and_std(best),
+        "epoch_time": float(np.median(times)) if times else None,
+        "finished": finished,
+    }
 
 
 SEED_HEADER = ["model", "parameters", "seeds", "final test acc. (mean ± std)", "best test acc. (mean ± std)",
@@ -382,8 +387,9 @@ def merge_summaries(summaries, sources=None):
         if not isinstance(summary, dict) or not isinstance(summary.get("models"), list):
             raise ValueError(f"Expected a summary.json with a list of models. Received: {source}")
         if summary.get("settings") is not None:
-            if settings is not None and summary["settings"] != settings:
-                differ = sorted(k for k in STUDY_KEYS if summary["settings"].get(k) != settings.get(k))
+            differ = [] if settings is None else sorted(
+                k for k in STUDY_KEYS if summary["settings"].get(k) != settings.get(k))
+            if differ:
                 raise ValueError(
                     f"Expected studies with the same settings; {source} and {settings_source} differ in "
                     + ", ".join(f"{k} ({settings.get(k)!r}, {summary['settings'].get(k)!r})" for k in differ))
@@ -408,20 +414,8 @@ def merge_summaries(summaries, sources=None):
             entry["finished"] += stats.get("finished", 0)
             if stats.get("epoch_time") is not None:
                 entry["times"].append(stats["epoch_time"])
-    statistics = []
-    for entry in merged.values():
-        statistics.append({
-            "model": entry["model"],
-            "parameters": entry["parameters"],
-            "seeds": entry["seeds"],
-            "final_accuracy": entry["final_accuracy"],
-            "best_accuracy": entry["best_accuracy"],
-            "final_accuracy_mean_std": mean_and_std(entry["final_accuracy"]),
-            "best_accuracy_mean_std": mean_and_std(entry["best_accuracy"]),
-            "epoch_time": float(np.median(entry["times"])) if entry["times"] else None,
-            "finished": entry["finished"],
-        })
-    return statistics
+    return [_model_statistics(e["model"], e["parameters"], e["seeds"], e["final_accuracy"], e["best_accuracy"],
+                              e["times"], e["finished"]) for e in merged.values()]
 
 
 def run_rows(histories, default_seed=None):
