@@ -64,3 +64,10 @@ def test_missing_compiler_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         native.shared_library(source, cache_dir=tmp_path / "cache")
+
+
+@needs_compiler
+def test_native_defines_are_the_compilers_own_for_this_cpu():
+    defines = native.native_defines()
+    assert "__cplusplus" in defines and "__OPTIMIZE__" in defines  # -O3 is among the flags asked about
+    assert native.native_defines("/nonexistent/c++") == frozenset()

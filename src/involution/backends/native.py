@@ -9,6 +9,7 @@ sets and the sources' contents. Builds live in the private folder
 have planted is never loaded, but rebuilt in a fresh private folder.
 """
 
+import functools
 import hashlib
 import os
 import platform
@@ -20,6 +21,28 @@ from involution import cache
 
 KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+
+
+def compiler():
+    """The C++ compiler: `$CXX`, else `c++` or `g++` on the path; None if none."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+@functools.lru_cache(maxsize=None)
+def native_defines(cxx=None):
+    """The macros that `cxx` (default `compiler()`) defines with
+    `CXX_FLAGS` for this CPU, e.g. `{"__AVX512FP16__", ...}`; empty where it
+    cannot say."""
+    cxx = cxx or compiler()
+    if not cxx:
+        return frozenset()
+    try:
+        result = subprocess.run(
+            [cxx, *CXX_FLAGS, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(line.split()[1] for line in result.stdout.splitlines() if line.startswith("#define "))
 
 
 def build_key(*sources, flags=()):
@@ -84,13 +107,13 @@ def shared_library(source, include_dirs=(), cache_dir=None, flags=()):
     target = kernel_dir(cache_dir, name) / name
     if target.exists():
         return target
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not compiler:
+    cxx = compiler()
+    if not cxx:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     # Built under a temporary name and renamed: a concurrent or interrupted
     # build never leaves a half-written library under the final name.
     partial = target.with_name(f"{target.stem}.{os.getpid()}.partial")
-    command = [compiler, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
+    command = [cxx, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
     command += [f"-isystem{directory}" for directory in include_dirs]
     command += [str(source), "-o", str(partial), *flags]
     result = subprocess.run(command, capture_output=True, text=True)
