@@ -84,7 +84,7 @@ def kernel_dir(cache_dir=None, library=None):
     return Path(cache.private_dir(cache_dir or os.path.join(cache.cache_dir(), "kernels"), library_problem))
 
 
-def shared_library(source, include_dirs=(), cache_dir=None, flags=()):
+def shared_library(source, include_dirs=(), cache_dir=None, flags=(), disable_if_defined=None):
     """Compiles `source` into a shared library once per machine and source.
 
     Args:
@@ -95,6 +95,12 @@ def shared_library(source, include_dirs=(), cache_dir=None, flags=()):
             `$INVOLUTION_CACHE/kernels` (`~/.cache/involution/kernels`).
         flags: extra compiler and linker flags (a framework's headers'
             defines, its libraries), also part of the build's key.
+        disable_if_defined: `{macro: flag}`: when this compiler defines
+            `macro` for this CPU (see `native_defines`), `flag` is added to
+            the build, e.g. `{"__AVX512FP16__": "-mno-avx512fp16"}` for
+            headers that do not compile with that instruction set. Asked
+            only when building: the key already holds the CPU's
+            instruction sets.
 
     Returns:
         The library's path.
@@ -116,6 +122,8 @@ def shared_library(source, include_dirs=(), cache_dir=None, flags=()):
     command = [cxx, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
     command += [f"-isystem{directory}" for directory in include_dirs]
     command += [str(source), "-o", str(partial), *flags]
+    defines = native_defines(cxx) if disable_if_defined else frozenset()
+    command += [flag for macro, flag in (disable_if_defined or {}).items() if macro in defines]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

@@ -185,12 +185,12 @@ def _native_ops():
         # The framework's version is part of the build's key: its headers' ABI.
         flags = [flag for flag in compile_flags if not flag.startswith("-I")] + tf.sysconfig.get_link_flags()
         flags.append(f"-DINVOLUTION_TENSORFLOW_VERSION={tf.__version__}")
-        if "__AVX512FP16__" in native.native_defines():
-            # The Eigen that TensorFlow ships does not compile with AVX512-FP16
-            # enabled (`predux_half_dowto4` is specialised before it is
-            # declared); the loops use no half-precision vectors anyway.
-            flags.append("-mno-avx512fp16")
-        operations = tf.load_op_library(str(native.shared_library(_NATIVE_SOURCE, includes, flags=flags)))
+        # The Eigen that TensorFlow ships does not compile with AVX512-FP16
+        # enabled (`predux_half_dowto4` is specialised before it is declared);
+        # the loops use no half-precision vectors anyway.
+        library = native.shared_library(_NATIVE_SOURCE, includes, flags=flags,
+                                        disable_if_defined={"__AVX512FP16__": "-mno-avx512fp16"})
+        operations = tf.load_op_library(str(library))
     except Exception as error:  # no compiler, a build error, missing headers...
         warnings.warn(
             f"involution: the fused CPU kernels could not be built for TensorFlow ({type(error).__name__}: "
