@@ -60,6 +60,39 @@ def test_apply_matches_numpy(
     np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-5, atol=1e-5)
 
 
+# (channels, groups) that take the fused loops' vector passes every way: up
+# to 64 channels per pass, groups of 8, 16, 24, 32, 48, 64 and 96 channels
+# (one, two, three, four, six, eight and twelve vectors), a pass spanning
+# several groups, a group spanning passes, and a last, partial pass.
+CHANNEL_LAYOUTS = [(48, 6), (16, 1), (32, 1), (64, 1), (96, 2), (128, 4), (192, 2), (80, 10), (72, 3)]
+
+
+@pytest.mark.parametrize("channels,groups", CHANNEL_LAYOUTS)
+@pytest.mark.parametrize("kernel_size,stride", [(3, 2), (5, 1)])
+def test_apply_and_gradients_match_numpy_for_every_channel_layout(rng, channels, groups, kernel_size, stride):
+    x, kernel = random_case(rng, 2, 6, 5, channels, kernel_size, stride, groups, "channels_last")
+    upstream = rng.standard_normal(
+        ref.involution_apply(x, kernel, kernel_size, stride, 1, groups, "channels_last").shape
+    )
+
+    def apply(x_, k_):
+        return involution_ops.involution_apply(x_, k_, kernel_size, stride, 1, groups, "channels_last",
+                                               implementation="fast")
+
+    def loss(x_, k_):
+        out = apply(x_, k_)
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(upstream, out.dtype))
+
+    out = keras.ops.convert_to_numpy(apply(x, kernel))
+    _, (grad_x, grad_kernel) = gradients(loss, x, kernel)
+    expected = ref.involution_apply(x, kernel, kernel_size, stride, 1, groups, "channels_last")
+    expected_x, expected_kernel = ref.involution_apply_gradients(x, kernel, upstream, kernel_size, stride, 1, groups)
+    # float32 sums of at most 25 products of unit normals (96 for the kernel's gradient).
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_x, expected_x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_kernel, expected_kernel, rtol=1e-5, atol=5e-5)
+
+
 @pytest.mark.parametrize("height", [1, 2, 7, 8, 9, 31, 32, 33])
 @pytest.mark.parametrize("stride", [1, 2, 3, 4])
 def test_output_size_is_ceil(height, stride):
