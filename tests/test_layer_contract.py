@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from involution import (BatchNormalization, Involution, InvolutionKernelGenerator, LocalAttentionKernelGenerator,
+from involution import (BatchNormalization, Conv2D, Involution, InvolutionKernelGenerator, LocalAttentionKernelGenerator,
                         MaxPooling2D)
 from involution.normalization import LayerNormalization
 from tests.layer_test import run_layer_test
@@ -19,6 +19,8 @@ CASES = {
                          (2, 6, 6, 16), (2, 3, 3, 18)),
     "attention_generator": (LocalAttentionKernelGenerator, dict(kernel_size=3, group_number=2, key_dim=4),
                             (2, 6, 6, 16), (2, 6, 6, 18)),
+    "conv_channels_first": (Conv2D, dict(filters=6, kernel_size=3, strides=2, padding="same",
+                                         data_format="channels_first"), (2, 4, 7, 7), (2, 6, 4, 4)),
     "batch_norm": (BatchNormalization, dict(momentum=0.9), (2, 4, 4, 16), (2, 4, 4, 16)),
     "layer_norm_channels_first": (LayerNormalization, dict(axis=1), (2, 16, 4, 4), (2, 16, 4, 4)),
     "max_pooling": (MaxPooling2D, dict(pool_size=2), (2, 6, 6, 16), (2, 3, 3, 16)),

@@ -3,7 +3,7 @@
 The library: the `Involution` layer and its kernel generators, the apply
 step (`involution.ops`) with its fast paths (`involution.backends`,
 switched in `involution.config`), and the layers around them
-(`normalization`, `pooling`); the model zoo, `involution.models`; the
+(`convolution`, `normalization`, `pooling`); the model zoo, `involution.models`; the
 `involution compare` app, `involution.app`, which the library never
 imports.
 
@@ -14,6 +14,7 @@ RedNet) loads after `import involution`.
 """
 
 from involution.attention import LocalAttentionKernelGenerator
+from involution.convolution import Conv2D
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.models import RedNet
 from involution.normalization import BatchNormalization
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNormalization",
+    "Conv2D",
     "Involution",
     "InvolutionKernelGenerator",
     "LocalAttentionKernelGenerator",

@@ -19,6 +19,7 @@ from keras import ops
 
 from involution import ops as involution_ops
 from involution.config import check_implementation
+from involution.convolution import Conv2D
 from involution.geometry import padding, tap_offsets
 from involution.layer import Involution, _check_input_shape, _positive_int
 
@@ -163,8 +164,8 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
             input_shape = (input_shape[0], input_shape[2], input_shape[3], input_shape[1])
         width = self.group_number * self.key_dim
         common = dict(dtype=self.dtype_policy, use_bias=False)
-        self.query = keras.layers.Conv2D(width, 1, name="query", **common)
-        self.key = keras.layers.Conv2D(width, 1, name="key", **common)
+        self.query = Conv2D(width, 1, name="query", **common)
+        self.key = Conv2D(width, 1, name="key", **common)
         self.query.build(input_shape)
         self.key.build(input_shape)
         self.relative_position = self.add_weight(

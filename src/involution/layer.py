@@ -5,6 +5,7 @@ from keras import ops
 
 from involution import ops as involution_ops
 from involution.config import check_implementation
+from involution.convolution import Conv2D
 from involution.geometry import channel_axis
 from involution.normalization import BatchNormalization, LayerNormalization
 
@@ -142,7 +143,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 f"one channel. Received: reduction_ratio={self.reduction_ratio}"
             )
         common = dict(data_format=self.data_format, dtype=self.dtype_policy)
-        self.reduce = keras.layers.Conv2D(
+        self.reduce = Conv2D(
             channel // self.reduction_ratio, 1, name="reduce", **common
         )
         axis = channel_axis(self.data_format)
@@ -157,7 +158,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             )
         else:
             self.norm = None
-        self.span = keras.layers.Conv2D(
+        self.span = Conv2D(
             self.kernel_size * self.kernel_size * self.group_number,
             1,
             kernel_initializer=self.span_initializer,

@@ -140,3 +140,99 @@ def test_unknown_sizes_are_checked_when_the_graph_runs():
     assert apply(tf.zeros((1, 5, 5, 4)), tf.zeros((1, 5, 5, 9))).shape == (1, 5, 5, 4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="ceil\\(size / stride\\) pixels"):
         apply(tf.zeros((1, 5, 5, 4)), tf.zeros((1, 4, 5, 9)))
+
+
+def _plain_batch_norm(x, gamma, beta, epsilon):
+    # Not `tf.nn.moments`, which stops the variance's gradient through the
+    # mean: right to first order only.
+    axes = list(range(len(x.shape) - 1))
+    mean = tf.reduce_mean(x, axes)
+    variance = tf.reduce_mean(tf.square(x - mean), axes)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta, mean, variance
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 7, 12), (40, 3), (1, 9)])
+def test_native_batch_norm_matches_numpy(rng, shape):
+    # float64 through the op itself (the layer casts to float32), a large
+    # mean against a small spread (the shifted sums keep the variance).
+    x = rng.normal(50.0, 0.5, shape)
+    gamma, beta = rng.uniform(0.5, 2.0, shape[-1]), rng.normal(size=shape[-1])
+    upstream = rng.normal(size=shape)
+    axes = tuple(range(len(shape) - 1))
+    mean, variance = x.mean(axes), x.var(axes)
+    normalized = (x - mean) / np.sqrt(variance + 1e-3)
+    x_, gamma_, beta_ = (tf.constant(a) for a in (x, gamma, beta))
+    with tf.GradientTape() as tape:
+        tape.watch([x_, gamma_, beta_])
+        outputs, batch_mean, batch_variance = tensorflow_backend._native_batch_norm(x_, gamma_, beta_, 1e-3)
+        loss = tf.reduce_sum(outputs * upstream)
+    grad_x, grad_gamma, grad_beta = tape.gradient(loss, [x_, gamma_, beta_])
+    tolerance = dict(rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(outputs.numpy(), normalized * gamma + beta, **tolerance)
+    np.testing.assert_allclose(batch_mean.numpy(), mean, **tolerance)
+    np.testing.assert_allclose(batch_variance.numpy(), variance, **tolerance)
+    np.testing.assert_allclose(grad_beta.numpy(), upstream.sum(axes), **tolerance)
+    np.testing.assert_allclose(grad_gamma.numpy(), (upstream * normalized).sum(axes), **tolerance)
+    expected_x = gamma / np.sqrt(variance + 1e-3) * (
+        upstream - upstream.mean(axes) - normalized * (upstream * normalized).mean(axes))
+    np.testing.assert_allclose(grad_x.numpy(), expected_x, **tolerance)
+
+
+def test_native_batch_norm_gradients_of_gradients_match_the_plain_ops(rng):
+    # Second order, reverse over reverse and forward over reverse (float64:
+    # the differences are rounding only).
+    x = tf.constant(rng.normal(1.0, 2.0, (3, 4, 5, 6)))
+    gamma, beta = tf.constant(rng.uniform(0.5, 2.0, 6)), tf.constant(rng.normal(size=6))
+
+    def hessian_terms(batch_norm):
+        def loss():
+            return tf.reduce_sum(tf.sin(batch_norm(x, gamma, beta, 1e-3)[0]))
+
+        with tf.GradientTape() as outer:
+            outer.watch([x, gamma, beta])
+            with tf.GradientTape() as inner:
+                inner.watch([x, gamma, beta])
+                value = loss()
+            grads = inner.gradient(value, [x, gamma, beta])
+            total = sum(tf.reduce_sum(g**2) for g in grads)
+        reverse = outer.gradient(total, [x, gamma, beta])
+        with tf.autodiff.ForwardAccumulator([x, gamma], [tf.ones_like(x), tf.ones_like(gamma)]) as accumulator:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = loss()
+            grad_x = tape.gradient(value, x)
+        return [g.numpy() for g in reverse] + [accumulator.jvp(grad_x).numpy()]
+
+    native = hessian_terms(tensorflow_backend._native_batch_norm)
+    plain = hessian_terms(_plain_batch_norm)
+    for ours, theirs in zip(native, plain):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8)
+
+
+def test_native_batch_norm_checks_shapes_before_running():
+    operations = tensorflow_backend._native_ops()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"per-channel inputs must have shape \(8\)"):
+        operations.involution_batch_norm(tf.zeros((2, 8)), tf.ones(7), tf.zeros(8), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected x's"):
+        operations.involution_batch_norm_grad(tf.zeros((2, 7)), tf.zeros((2, 8)), tf.ones(8), tf.zeros(8),
+                                              tf.ones(8), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="epsilon must be positive"):
+        operations.involution_batch_norm(tf.zeros((2, 8)), tf.ones(8), tf.zeros(8), epsilon=0.0)
+
+
+def test_batch_norm_takes_the_native_op_outside_compiled_graphs():
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 3, 3, 8)), tf.float32)
+    gamma, beta = tf.ones(8), tf.zeros(8)
+
+    def op_types(**options):
+        graph = tf.function(lambda: tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3)[0], **options)
+        return {op.type for op in graph.get_concrete_function().graph.get_operations()}
+
+    assert "InvolutionBatchNorm" in op_types()
+    compiled = op_types(jit_compile=True)
+    assert "InvolutionBatchNorm" not in compiled and "FusedBatchNormV3" in compiled
+    # Both the same numbers.
+    ours = tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3)
+    theirs = tf.function(lambda: tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3), jit_compile=True)()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

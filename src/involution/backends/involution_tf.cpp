@@ -46,6 +46,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 }  // namespace involution
 
 #include "involution_kernels.h"
+#include "batch_norm_kernels.h"
 
 namespace {
 
@@ -113,6 +114,45 @@ REGISTER_OP("InvolutionCorrelate")
       TF_RETURN_IF_ERROR(c->GetAttr("groups", &groups));
       TF_RETURN_IF_ERROR(c->GetAttr("kernel_size", &kernel_size));
       return grid_shape(c, 1, c->MakeDim(groups * kernel_size * kernel_size));
+    });
+
+// Training-mode batch normalization over the last axis (batch_norm_kernels.h).
+REGISTER_OP("InvolutionBatchNorm")
+    .Input("x: T")
+    .Input("gamma: T")
+    .Input("beta: T")
+    .Output("y: T")
+    .Output("mean: T")
+    .Output("variance: T")
+    .Attr("T: {float, double}")
+    .Attr("epsilon: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+      c->set_output(0, x);
+      c->set_output(1, c->Vector(c->Dim(x, -1)));
+      c->set_output(2, c->Vector(c->Dim(x, -1)));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("InvolutionBatchNormGrad")
+    .Input("grad: T")
+    .Input("x: T")
+    .Input("gamma: T")
+    .Input("mean: T")
+    .Input("variance: T")
+    .Output("grad_x: T")
+    .Output("grad_gamma: T")
+    .Output("grad_beta: T")
+    .Attr("T: {float, double}")
+    .Attr("epsilon: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 1, &x));
+      c->set_output(0, x);
+      c->set_output(1, c->Vector(c->Dim(x, -1)));
+      c->set_output(2, c->Vector(c->Dim(x, -1)));
+      return absl::OkStatus();
     });
 
 absl::Status invalid(const std::string& message) {
@@ -225,6 +265,91 @@ class CorrelateOp : public InvolutionOp {
   }
 };
 
+// The batch normalization ops: x (..., C) seen as (rows, C).
+class BatchNormOp : public OpKernel {
+ public:
+  explicit BatchNormOp(OpKernelConstruction* context) : OpKernel(context) {
+    float epsilon;
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon));
+    OP_REQUIRES(context, epsilon > 0, invalid("epsilon must be positive"));
+    epsilon_ = epsilon;
+  }
+
+ protected:
+  // Checks x's rank and that every per-channel input has C entries.
+  absl::Status channels_of(const Tensor& x, std::initializer_list<const Tensor*> per_channel, int64_t* rows,
+                           int64_t* channels) const {
+    if (x.dims() < 1) return invalid("x must have at least one axis, got " + x.shape().DebugString());
+    *channels = x.dim_size(x.dims() - 1);
+    *rows = *channels ? x.NumElements() / *channels : 0;
+    for (const Tensor* t : per_channel) {
+      if (t->dims() != 1 || t->dim_size(0) != *channels) {
+        return invalid("per-channel inputs must have shape (" + std::to_string(*channels) + "), got " +
+                       t->shape().DebugString());
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  template <typename Fn>
+  void on_threads(OpKernelContext* context, Fn fn) {
+    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
+    fn();
+    involution::current_pool = nullptr;
+  }
+
+  double epsilon_;
+};
+
+template <typename T>
+class BatchNormForwardOp : public BatchNormOp {
+ public:
+  using BatchNormOp::BatchNormOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& gamma = context->input(1);
+    const Tensor& beta = context->input(2);
+    int64_t rows, channels;
+    OP_REQUIRES_OK(context, channels_of(x, {&gamma, &beta}, &rows, &channels));
+    Tensor *y = nullptr, *mean = nullptr, *variance = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &mean));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &variance));
+    on_threads(context, [&] {
+      involution::batch_norm::forward<T>(x.flat<T>().data(), gamma.flat<T>().data(), beta.flat<T>().data(),
+                                         epsilon_, rows, channels, y->flat<T>().data(), mean->flat<T>().data(),
+                                         variance->flat<T>().data());
+    });
+  }
+};
+
+template <typename T>
+class BatchNormGradOp : public BatchNormOp {
+ public:
+  using BatchNormOp::BatchNormOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& grad = context->input(0);
+    const Tensor& x = context->input(1);
+    const Tensor& gamma = context->input(2);
+    const Tensor& mean = context->input(3);
+    const Tensor& variance = context->input(4);
+    int64_t rows, channels;
+    OP_REQUIRES_OK(context, channels_of(x, {&gamma, &mean, &variance}, &rows, &channels));
+    OP_REQUIRES(context, grad.shape() == x.shape(),
+                invalid("grad has shape " + grad.shape().DebugString() + ", expected x's " + x.shape().DebugString()));
+    Tensor *grad_x = nullptr, *grad_gamma = nullptr, *grad_beta = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &grad_gamma));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &grad_beta));
+    on_threads(context, [&] {
+      involution::batch_norm::backward<T>(grad.flat<T>().data(), x.flat<T>().data(), gamma.flat<T>().data(),
+                                          mean.flat<T>().data(), variance.flat<T>().data(), epsilon_, rows, channels,
+                                          grad_x->flat<T>().data(), grad_gamma->flat<T>().data(),
+                                          grad_beta->flat<T>().data());
+    });
+  }
+};
+
 #define INVOLUTION_REGISTER(T)                                                                           \
   REGISTER_KERNEL_BUILDER(Name("InvolutionApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
                           ApplyOp<T>);                                                                   \
@@ -233,7 +358,11 @@ class CorrelateOp : public InvolutionOp {
           "input_size"),                                                                                 \
       InputGradientOp<T>);                                                                               \
   REGISTER_KERNEL_BUILDER(Name("InvolutionCorrelate").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-                          CorrelateOp<T>);
+                          CorrelateOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionBatchNorm").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          BatchNormForwardOp<T>);                                                \
+  REGISTER_KERNEL_BUILDER(                                                                               \
+      Name("InvolutionBatchNormGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), BatchNormGradOp<T>);
 
 INVOLUTION_REGISTER(float)
 INVOLUTION_REGISTER(double)

@@ -20,6 +20,8 @@ from pathlib import Path
 from involution import cache
 
 KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
+# Every header a binding may include: part of every build's key.
+SHARED_HEADERS = (KERNELS_HEADER, Path(__file__).with_name("batch_norm_kernels.h"))
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
@@ -47,7 +49,7 @@ def native_defines(cxx=None):
 
 def build_key(*sources, flags=()):
     """A short hash of this CPU's instruction sets, of `sources` (and the
-    shared header) and of extra compiler `flags`: a new CPU, an edited
+    shared headers) and of extra compiler `flags`: a new CPU, an edited
     source or another framework build gets a new build."""
     digest = hashlib.sha1(platform.machine().encode())
     digest.update(" ".join(flags).encode())
@@ -56,7 +58,7 @@ def build_key(*sources, flags=()):
             digest.update(next((line for line in f if line.startswith(("flags", "Features"))), "").encode())
     except OSError:
         pass
-    for source in (KERNELS_HEADER, *sources):
+    for source in (*SHARED_HEADERS, *sources):
         digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:12]
 

@@ -234,10 +234,46 @@ def _register_gradients(operations):
         return (operations.involution_input_gradient(grad, ct, size(x), **geometry(op)),
                 operations.involution_apply(x, ct, **geometry(op)))
 
+    # Batch normalization: the mean and variance outputs leave the graph
+    # through `tf.stop_gradient` (they feed only the moving statistics), so
+    # their cotangents are zero and the forward op's gradient is the fused
+    # gradient op's. That op's own gradient (second order and beyond) is
+    # the plain-op formulation's, differentiated by TensorFlow.
+    @tf.RegisterGradient("InvolutionBatchNorm")
+    def _batch_norm_gradient(op, ct, _mean_ct, _variance_ct):
+        x, gamma, _ = op.inputs
+        _, mean, variance = op.outputs
+        return operations.involution_batch_norm_grad(ct, x, gamma, mean, variance, epsilon=op.get_attr("epsilon"))
+
+    @tf.RegisterGradient("InvolutionBatchNormGrad")
+    def _batch_norm_grad_gradient(op, *cts):
+        upstream, x, gamma, _, _ = op.inputs
+        epsilon = op.get_attr("epsilon")
+        with tf.GradientTape() as tape:
+            tape.watch([upstream, x, gamma])
+            outputs = _batch_norm_input_gradients(upstream, x, gamma, epsilon)
+        cts = [tf.zeros_like(output) if ct is None else ct for ct, output in zip(cts, outputs)]
+        grads = tape.gradient(outputs, [upstream, x, gamma], output_gradients=cts)
+        return (*grads, None, None)
+
 
 @functools.lru_cache(maxsize=None)
 def _cpu_only():
     return not tf.config.list_logical_devices("GPU")
+
+
+@functools.lru_cache(maxsize=None)
+def channels_first_conv_runs():
+    """Whether TensorFlow convolves channels-first maps here: on GPUs, and
+    on CPUs only with oneDNN (`involution.convolution.Conv2D`)."""
+    if not _cpu_only():
+        return True
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # internal: the one place TensorFlow says
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
 
 
 def prepare():
@@ -393,11 +429,17 @@ def batch_norm_support(inputs):
 def batch_norm_training(inputs, gamma, beta, epsilon):
     """Training-mode batch normalization over the last axis, one fused op.
 
-    Returns `(outputs, mean, variance)`, the variance biased (Keras'). The
-    map is viewed as `(pixels, 1, 1, channels)` for TensorFlow's fused
-    kernel, whose gradient is one fused op too; Keras' own formulation
-    takes about a dozen elementwise passes forward and back.
+    Returns `(outputs, mean, variance)`, the variance biased (Keras'). On
+    CPU-only TensorFlow, outside XLA-compiled and exported graphs, the op
+    is this package's (`batch_norm_kernels.h`: two passes over memory each
+    way, about half the time of TensorFlow's own kernel without oneDNN);
+    elsewhere the map is viewed as `(pixels, 1, 1, channels)` for
+    TensorFlow's fused kernel, whose gradient is one fused op too. Keras'
+    own formulation takes about a dozen elementwise passes forward and back.
     """
+    if (inputs.dtype in (tf.float32, tf.float64) and not _compiled_or_exported_graph() and _cpu_only()
+            and _native_ops() is not None):
+        return _native_batch_norm(inputs, gamma, beta, epsilon)
     channels = inputs.shape[-1]
     flat = tf.reshape(inputs, (-1, 1, 1, channels))
     ones = tf.ones((channels,), tf.float32)
@@ -414,3 +456,28 @@ def batch_norm_training(inputs, gamma, beta, epsilon):
     count = tf.cast(tf.shape(flat)[0], variance.dtype)
     variance = variance * tf.maximum(count - 1.0, 1.0) / count
     return tf.reshape(outputs, tf.shape(inputs)), tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def _native_batch_norm(inputs, gamma, beta, epsilon):
+    ones = tf.ones(tf.shape(inputs)[-1:], inputs.dtype)
+    gamma = ones if gamma is None else tf.cast(gamma, inputs.dtype)
+    beta = tf.zeros_like(ones) if beta is None else tf.cast(beta, inputs.dtype)
+    outputs, mean, variance = _native_ops().involution_batch_norm(inputs, gamma, beta, epsilon=epsilon)
+    return outputs, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def _batch_norm_input_gradients(upstream, inputs, gamma, epsilon):
+    """The batch normalization gradients in plain ops, from `inputs` alone
+    (its statistics recomputed, so that their dependence on `inputs` is
+    differentiated too): what the fused gradient op's own gradient
+    differentiates."""
+    axes = list(range(len(inputs.shape) - 1))
+    mean = tf.reduce_mean(inputs, axes)
+    variance = tf.reduce_mean(tf.square(inputs - mean), axes)
+    inverse_std = tf.math.rsqrt(variance + epsilon)
+    normalized = (inputs - mean) * inverse_std
+    grad_beta = tf.reduce_sum(upstream, axes)
+    grad_gamma = tf.reduce_sum(upstream * normalized, axes)
+    grad_x = gamma * inverse_std * (upstream - tf.reduce_mean(upstream, axes)
+                                    - normalized * tf.reduce_mean(upstream * normalized, axes))
+    return grad_x, grad_gamma, grad_beta

@@ -16,6 +16,7 @@ the same layout (3x3 kernels throughout) with local self-attention kernels
 import keras
 
 from involution.attention import LocalAttentionKernelGenerator
+from involution.convolution import Conv2D
 from involution.geometry import channel_axis
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.ops import standardize_data_format
@@ -42,7 +43,7 @@ def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, re
             filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
         )(x)
     else:
-        x = keras.layers.Conv2D(
+        x = Conv2D(
             filters, 1, use_bias=not normalize, kernel_regularizer=regularizer, data_format=data_format,
             name=f"{name}_pointwise",
         )(x)
@@ -69,7 +70,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
             name=name.replace("involution", "depthwise"),
         )(x)
     if spatial == "conv":
-        return keras.layers.Conv2D(
+        return Conv2D(
             channels, kernel_size, strides=stride, padding="same", use_bias=False, data_format=data_format,
             name=name.replace("involution", "conv"),
         )(x)

@@ -10,6 +10,7 @@ for one that keeps 32x32 inputs at full resolution.
 import keras
 
 from involution.config import check_implementation
+from involution.convolution import Conv2D
 from involution.geometry import channel_axis
 from involution.layer import Involution
 from involution.ops import standardize_data_format
@@ -37,7 +38,7 @@ def _batch_norm(x, name, data_format, zero_gamma=False):
 
 
 def _conv_bn(x, filters, kernel_size, strides, name, data_format, activation=True, zero_gamma=False):
-    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+    x = Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                             data_format=data_format, name=f"{name}_conv")(x)
     x = _batch_norm(x, f"{name}_bn", data_format, zero_gamma)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x

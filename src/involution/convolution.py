@@ -1,0 +1,55 @@
+"""`Conv2D`: Keras' convolution, channels-first on every backend's CPU."""
+
+import keras
+from keras import ops
+
+from involution import ops as involution_ops
+
+
+@keras.saving.register_keras_serializable(package="involution")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that runs `channels_first` on TensorFlow's CPU.
+
+    TensorFlow's CPU convolution takes channels-last maps only unless
+    oneDNN is enabled (it is by default only on CPUs with AVX-512 and
+    newer), so Keras' `Conv2D(data_format="channels_first")` fails there.
+    This layer convolves such a map channels-last between two transposes;
+    everywhere else it is Keras' layer. Same arguments, weights and
+    results.
+
+    Args:
+        Those of `keras.layers.Conv2D`.
+
+    Input shape:
+        4D tensor, `(batch, rows, cols, channels)` in `channels_last`,
+        `(batch, channels, rows, cols)` in `channels_first`.
+
+    Output shape:
+        4D tensor of `filters` channels in the same layout.
+
+    Example:
+
+    >>> x = np.random.rand(2, 3, 8, 8).astype("float32")
+    >>> Conv2D(4, 3, padding="same", data_format="channels_first")(x).shape
+    (2, 4, 8, 8)
+    """
+
+    def call(self, inputs):
+        backend = involution_ops.backend_module()
+        if self.data_format != "channels_first" or getattr(backend, "channels_first_conv_runs", lambda: True)():
+            return super().call(inputs)
+        outputs = ops.conv(
+            ops.transpose(inputs, (0, 2, 3, 1)),
+            self.kernel,
+            strides=list(self.strides),
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
+        if self.use_bias:
+            # Added channels-last: on channels-first maps whose width equals
+            # the filters, TensorFlow's `keras.ops.add` takes a bias for the
+            # last axis.
+            outputs = ops.add(outputs, self.bias)
+        outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        return outputs if self.activation is None else self.activation(outputs)

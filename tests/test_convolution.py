@@ -1,0 +1,38 @@
+"""`involution.convolution.Conv2D` against Keras' layer and NumPy."""
+
+import keras
+import numpy as np
+import pytest
+
+from involution import Conv2D
+
+
+@pytest.mark.parametrize("options", [dict(kernel_size=1), dict(kernel_size=3, strides=2, padding="same"),
+                                     dict(kernel_size=3, dilation_rate=2, padding="valid")])
+def test_channels_first_matches_keras_channels_last(rng, options):
+    # The same weights convolve the same map in either layout; Keras'
+    # channels-last layer is the reference (TensorFlow's CPU convolution
+    # runs channels-last everywhere).
+    x = rng.standard_normal((2, 9, 8, 5)).astype("float32")
+    reference = keras.layers.Conv2D(4, data_format="channels_last", bias_initializer="random_normal", **options)
+    expected = keras.ops.convert_to_numpy(reference(x))
+    layer = Conv2D(4, data_format="channels_first", **options)
+    layer.build((None, 5, 9, 8))
+    layer.set_weights(reference.get_weights())
+    outputs = keras.ops.convert_to_numpy(layer(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_one_by_one_matches_numpy(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    layer = Conv2D(6, 1, data_format="channels_first", bias_initializer="random_normal")
+    outputs = keras.ops.convert_to_numpy(layer(x.astype("float32")))
+    kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+    expected = np.einsum("bchw,cf->bfhw", x, kernel[0, 0]) + bias[:, None, None]
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_config_round_trip():
+    layer = Conv2D(4, 3, strides=2, data_format="channels_first", name="conv")
+    restored = Conv2D.from_config(layer.get_config())
+    assert type(restored) is Conv2D and restored.get_config() == layer.get_config()
