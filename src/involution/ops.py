@@ -320,9 +320,10 @@ def pool(inputs, size, strides, mode, data_format, implementation="auto"):
     """`keras.ops.max_pool` / `average_pool` ("valid"), or the backend's fast pooling.
 
     The fast path (`involution.config`, `"pool"`) exists on PyTorch, whose
-    Keras pooling copies channels_last maps to channels_first and back, and
-    on JAX for tiling windows (`size == strides`), whose max pooling XLA
-    differentiates with a slow scatter on the CPU.
+    Keras pooling copies channels_last maps to channels_first and back; on
+    JAX for tiling windows (`size == strides`), whose max pooling XLA
+    differentiates with a slow scatter on the CPU; and on CPU-only
+    TensorFlow for square channels_last tiles, a C++ op each way.
     """
     inputs = ops.convert_to_tensor(inputs)
     backend = backend_module()

@@ -236,3 +236,58 @@ def test_batch_norm_takes_the_native_op_outside_compiled_graphs():
     theirs = tf.function(lambda: tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3), jit_compile=True)()
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+@pytest.mark.parametrize("shape,size", [((2, 7, 9, 5), 2), ((2, 9, 8, 16), 3), ((1, 4, 4, 24), 2)])
+def test_native_pool_matches_numpy(rng, mode, shape, size):
+    # Small integers: many tied maxima, whose gradient goes to the first.
+    x = rng.integers(0, 3, shape).astype("float64")
+    upstream = rng.normal(size=(shape[0], shape[1] // size, shape[2] // size, shape[3]))
+    expected, expected_grad = ref.pool_with_gradient(x, size, size, mode, upstream)
+    x_ = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_)
+        pooled = tensorflow_backend.pool(x_, size, size, mode)
+        loss = tf.reduce_sum(pooled * upstream)
+    np.testing.assert_allclose(pooled.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tape.gradient(loss, x_).numpy(), expected_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_native_pool_gradients_of_gradients_match_tensorflow(rng, mode):
+    x = tf.constant(rng.normal(size=(2, 6, 7, 8)))
+    keras_pool = tf.nn.max_pool2d if mode == "max" else tf.nn.avg_pool2d
+
+    def second_order(pool):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                value = tf.reduce_sum(tf.sin(pool(x)))
+            grad = inner.gradient(value, x)
+            total = tf.reduce_sum(grad * tf.cos(x))
+        return outer.gradient(total, x).numpy()
+
+    ours = second_order(lambda v: tensorflow_backend.pool(v, 2, 2, mode))
+    theirs = second_order(lambda v: keras_pool(v, 2, 2, "VALID"))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_native_pool_checks_shapes_before_running():
+    operations = tensorflow_backend._native_ops()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="x must be 4D"):
+        operations.involution_pool_grad(tf.zeros((4, 4, 8)), tf.zeros((2, 2, 8)), tf.zeros((2, 2, 8)), size=2,
+                                        mode="max")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"y and grad must have shape \[1,2,2,8\]"):
+        operations.involution_pool_grad(tf.zeros((1, 4, 4, 8)), tf.zeros((1, 2, 2, 8)), tf.zeros((1, 3, 2, 8)),
+                                        size=2, mode="max")
+
+
+def test_pool_support():
+    x = tf.zeros((1, 4, 4, 8))
+    assert tensorflow_backend.pool_support(x, "channels_last", 2, 2) is None
+    assert "square tiles" in tensorflow_backend.pool_support(x, "channels_last", 3, 2)
+    assert "channels_last" in tensorflow_backend.pool_support(x, "channels_first", 2, 2)
+    assert "float32/float64" in tensorflow_backend.pool_support(tf.zeros((1, 4, 4, 8), tf.float16),
+                                                                 "channels_last", 2, 2)

@@ -47,6 +47,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 
 #include "involution_kernels.h"
 #include "batch_norm_kernels.h"
+#include "pool_kernels.h"
 
 namespace {
 
@@ -152,6 +153,40 @@ REGISTER_OP("InvolutionBatchNormGrad")
       c->set_output(0, x);
       c->set_output(1, c->Vector(c->Dim(x, -1)));
       c->set_output(2, c->Vector(c->Dim(x, -1)));
+      return absl::OkStatus();
+    });
+
+// Pooling by tiles, channels-last (pool_kernels.h).
+REGISTER_OP("InvolutionPool")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .Attr("size: int")
+    .Attr("mode: {'max', 'average'}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      int64_t size;
+      TF_RETURN_IF_ERROR(c->GetAttr("size", &size));
+      if (size < 1) return absl::InvalidArgumentError("involution_tf: size must be a positive integer");
+      shape_inference::DimensionHandle rows, cols;
+      TF_RETURN_IF_ERROR(c->Divide(c->Dim(x, 1), size, false, &rows));
+      TF_RETURN_IF_ERROR(c->Divide(c->Dim(x, 2), size, false, &cols));
+      c->set_output(0, c->MakeShape({c->Dim(x, 0), rows, cols, c->Dim(x, 3)}));
+      return absl::OkStatus();
+    });
+
+// The gradient of InvolutionPool(x) = y for the output gradient `grad`.
+REGISTER_OP("InvolutionPoolGrad")
+    .Input("x: T")
+    .Input("y: T")
+    .Input("grad: T")
+    .Output("grad_x: T")
+    .Attr("T: {float, double}")
+    .Attr("size: int")
+    .Attr("mode: {'max', 'average'}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
       return absl::OkStatus();
     });
 
@@ -350,6 +385,75 @@ class BatchNormGradOp : public BatchNormOp {
   }
 };
 
+class PoolOp : public OpKernel {
+ public:
+  explicit PoolOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("size", &size_));
+    std::string mode;
+    OP_REQUIRES_OK(context, context->GetAttr("mode", &mode));
+    max_ = mode == "max";
+  }
+
+ protected:
+  absl::Status tiles(const Tensor& x, involution::pool::Tiles* t) const {
+    if (x.dims() != 4) return invalid("x must be 4D, got " + x.shape().DebugString());
+    *t = involution::pool::Tiles{x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3), size_};
+    if (const char* problem = involution::pool::invalid_tiles(*t)) return invalid(problem);
+    return absl::OkStatus();
+  }
+
+  TensorShape pooled_shape(const involution::pool::Tiles& t) const {
+    return TensorShape({t.batch, t.out_h(), t.out_w(), t.channels});
+  }
+
+  template <typename Fn>
+  void on_threads(OpKernelContext* context, Fn fn) {
+    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
+    fn();
+    involution::current_pool = nullptr;
+  }
+
+  int64_t size_;
+  bool max_;
+};
+
+template <typename T>
+class PoolForwardOp : public PoolOp {
+ public:
+  using PoolOp::PoolOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    involution::pool::Tiles t;
+    OP_REQUIRES_OK(context, tiles(x, &t));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, pooled_shape(t), &y));
+    on_threads(context, [&] { involution::pool::forward<T>(x.flat<T>().data(), y->flat<T>().data(), t, max_); });
+  }
+};
+
+template <typename T>
+class PoolGradOp : public PoolOp {
+ public:
+  using PoolOp::PoolOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& y = context->input(1);
+    const Tensor& grad = context->input(2);
+    involution::pool::Tiles t;
+    OP_REQUIRES_OK(context, tiles(x, &t));
+    const TensorShape expected = pooled_shape(t);
+    OP_REQUIRES(context, y.shape() == expected && grad.shape() == expected,
+                invalid("y and grad must have shape " + expected.DebugString() + ", got " + y.shape().DebugString() +
+                        " and " + grad.shape().DebugString()));
+    Tensor* grad_x = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
+    on_threads(context, [&] {
+      involution::pool::backward<T>(x.flat<T>().data(), y.flat<T>().data(), grad.flat<T>().data(),
+                                    grad_x->flat<T>().data(), t, max_);
+    });
+  }
+};
+
 #define INVOLUTION_REGISTER(T)                                                                           \
   REGISTER_KERNEL_BUILDER(Name("InvolutionApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
                           ApplyOp<T>);                                                                   \
@@ -362,7 +466,11 @@ class BatchNormGradOp : public BatchNormOp {
   REGISTER_KERNEL_BUILDER(Name("InvolutionBatchNorm").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
                           BatchNormForwardOp<T>);                                                \
   REGISTER_KERNEL_BUILDER(                                                                               \
-      Name("InvolutionBatchNormGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), BatchNormGradOp<T>);
+      Name("InvolutionBatchNormGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), BatchNormGradOp<T>); \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionPool").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
+                          PoolForwardOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionPoolGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
+                          PoolGradOp<T>);
 
 INVOLUTION_REGISTER(float)
 INVOLUTION_REGISTER(double)

@@ -234,6 +234,25 @@ def _register_gradients(operations):
         return (operations.involution_input_gradient(grad, ct, size(x), **geometry(op)),
                 operations.involution_apply(x, ct, **geometry(op)))
 
+    # Pooling by tiles: the pooled map's gradient is the gradient op; that
+    # op is linear in its output gradient and piecewise constant in the
+    # input (max pooling routes each tile's gradient to its first maximum),
+    # so its own gradient is pooling again: average pooling of the
+    # cotangent, or its sum over each tile where max pooling routed.
+    @tf.RegisterGradient("InvolutionPool")
+    def _pool_gradient(op, ct):
+        return operations.involution_pool_grad(op.inputs[0], op.outputs[0], ct, size=op.get_attr("size"),
+                                               mode=op.get_attr("mode"))
+
+    @tf.RegisterGradient("InvolutionPoolGrad")
+    def _pool_grad_gradient(op, ct):
+        x, y, grad = op.inputs
+        size, mode = op.get_attr("size"), op.get_attr("mode")
+        if mode == b"max" or mode == "max":
+            routed = operations.involution_pool_grad(x, y, tf.ones_like(grad), size=size, mode="max")
+            ct = ct * routed * float(size * size)
+        return None, None, operations.involution_pool(ct, size=size, mode="average")
+
     # Batch normalization: the mean and variance outputs leave the graph
     # through `tf.stop_gradient` (they feed only the moving statistics), so
     # their cotangents are zero and the forward op's gradient is the fused
@@ -260,6 +279,32 @@ def _register_gradients(operations):
 @functools.lru_cache(maxsize=None)
 def _cpu_only():
     return not tf.config.list_logical_devices("GPU")
+
+
+def pool_support(inputs, data_format, size, strides):
+    size, strides = _pair(size), _pair(strides if strides is not None else size)
+    if size != strides or size[0] != size[1]:
+        return "it pools square tiles only (pool_size == strides, equal sides)"
+    if data_format != "channels_last":
+        return "it pools channels_last maps only"
+    if tf.as_dtype(inputs.dtype) not in (tf.float32, tf.float64) or not _cpu_only():
+        return f"it runs float32/float64 on CPU-only TensorFlow (received {tf.as_dtype(inputs.dtype).name})"
+    if _compiled_or_exported_graph():
+        return "XLA-compiled and exported graphs get Keras' pooling"
+    if _native_ops() is None:
+        return "the fused CPU kernels could not be built (see the warning)"
+    return None
+
+
+def pool(inputs, size, strides, mode, data_format="channels_last"):
+    """Max or average pooling over square tiles ("valid"), one C++ op each
+    way: TensorFlow's own CPU pooling gradients take several times a pass
+    over memory (`pool_kernels.h`)."""
+    return _native_ops().involution_pool(inputs, size=_pair(size)[0], mode="max" if mode == "max" else "average")
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 @functools.lru_cache(maxsize=None)
