@@ -248,6 +248,29 @@ inline void forward_avx2(const float* x, const float* kernel, float* out, const 
 }
 #endif
 
+// Calls fn(dx, k, dy, count, taps, readers) for every input pixel, in
+// parallel over input rows: `dx` is the pixel's gradient, `k` and `dy` its
+// image's tap-major kernel and output gradient, and the first `count`
+// entries of `taps` / `readers` the output pixels that read it and through
+// which tap (see readers_of).
+template <typename scalar_t, typename Fn>
+void for_each_input_pixel(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x,
+                          const Geometry& g, Fn fn) {
+  const int64_t taps = g.taps(), kw = g.groups * taps;
+  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), reader(taps);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.height, iy = row % g.height;
+      const scalar_t* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
+      const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
+      for (int64_t ix = 0; ix < g.width; ++ix) {
+        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
+        fn(grad_x + (row * g.width + ix) * g.channels, k, dy, count, tap.data(), reader.data());
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
   const int64_t taps = g.taps(), kw = g.groups * taps;
@@ -362,49 +385,29 @@ void tap_major(const scalar_t* kernel, scalar_t* regrouped, const Geometry& g) {
 
 template <typename scalar_t>
 void grad_input_impl(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
-  const int64_t taps = g.taps(), kw = g.groups * taps;
-  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(taps), reader(taps);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.height, iy = row % g.height;
-      const scalar_t* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
-      const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
-      for (int64_t ix = 0; ix < g.width; ++ix) {
-        scalar_t* dx = grad_x + (row * g.width + ix) * g.channels;
-        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
-        for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
-          accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
-            for (int64_t i = 0; i < count; ++i) {
-              add(k[reader[i] * kw + tap[i] * g.groups + grp], dy + reader[i] * g.channels + c0);
-            }
-          });
-        });
-      }
-    }
+  const int64_t kw = g.groups * g.taps();
+  for_each_input_pixel(kernel_tap_major, grad, grad_x, g, [&](scalar_t* dx, const scalar_t* k, const scalar_t* dy,
+                                                              int64_t count, const int64_t* tap, const int64_t* reader) {
+    for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
+      accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
+        for (int64_t i = 0; i < count; ++i) {
+          add(k[reader[i] * kw + tap[i] * g.groups + grp], dy + reader[i] * g.channels + c0);
+        }
+      });
+    });
   });
 }
 
 #ifdef INVOLUTION_AVX2
 inline void grad_input_avx2(const float* kernel_tap_major, const float* grad, float* grad_x, const Geometry& g) {
-  const int64_t taps = g.taps(), kw = g.groups * taps;
+  const int64_t kw = g.groups * g.taps();
   const std::vector<Pass> passes = plan_passes(g, 1);
-  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(taps), reader(taps);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.height, iy = row % g.height;
-      const float* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
-      const float* dy = grad + b * g.out_h * g.out_w * g.channels;
-      for (int64_t ix = 0; ix < g.width; ++ix) {
-        float* dx = grad_x + (row * g.width + ix) * g.channels;
-        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
-        for (const Pass& pass : passes) {
-          accumulate_pass(dx + pass.c0, pass, [&](auto&& add) {
-            for (int64_t i = 0; i < count; ++i) {
-              add(k + reader[i] * kw + tap[i] * g.groups, dy + reader[i] * g.channels + pass.c0);
-            }
-          });
-        }
-      }
+  for_each_input_pixel(kernel_tap_major, grad, grad_x, g, [&](float* dx, const float* k, const float* dy,
+                                                              int64_t count, const int64_t* tap, const int64_t* reader) {
+    for (const Pass& pass : passes) {
+      accumulate_pass(dx + pass.c0, pass, [&](auto&& add) {
+        for (int64_t i = 0; i < count; ++i) add(k + reader[i] * kw + tap[i] * g.groups, dy + reader[i] * g.channels + pass.c0);
+      });
     }
   });
 }

@@ -117,6 +117,16 @@ REGISTER_OP("InvolutionCorrelate")
       return grid_shape(c, 1, c->MakeDim(groups * kernel_size * kernel_size));
     });
 
+// x's shape, then two vectors of its last dimension (the per-channel outputs).
+absl::Status batch_norm_shapes(shape_inference::InferenceContext* c, int x_input) {
+  shape_inference::ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(x_input), 1, &x));
+  c->set_output(0, x);
+  c->set_output(1, c->Vector(c->Dim(x, -1)));
+  c->set_output(2, c->Vector(c->Dim(x, -1)));
+  return absl::OkStatus();
+}
+
 // Training-mode batch normalization over the last axis (batch_norm_kernels.h).
 REGISTER_OP("InvolutionBatchNorm")
     .Input("x: T")
@@ -127,14 +137,7 @@ REGISTER_OP("InvolutionBatchNorm")
     .Output("variance: T")
     .Attr("T: {float, double}")
     .Attr("epsilon: float")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
-      c->set_output(0, x);
-      c->set_output(1, c->Vector(c->Dim(x, -1)));
-      c->set_output(2, c->Vector(c->Dim(x, -1)));
-      return absl::OkStatus();
-    });
+    .SetShapeFn([](shape_inference::InferenceContext* c) { return batch_norm_shapes(c, 0); });
 
 REGISTER_OP("InvolutionBatchNormGrad")
     .Input("grad: T")
@@ -147,14 +150,7 @@ REGISTER_OP("InvolutionBatchNormGrad")
     .Output("grad_beta: T")
     .Attr("T: {float, double}")
     .Attr("epsilon: float")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 1, &x));
-      c->set_output(0, x);
-      c->set_output(1, c->Vector(c->Dim(x, -1)));
-      c->set_output(2, c->Vector(c->Dim(x, -1)));
-      return absl::OkStatus();
-    });
+    .SetShapeFn([](shape_inference::InferenceContext* c) { return batch_norm_shapes(c, 1); });
 
 // Pooling by tiles, channels-last (pool_kernels.h).
 REGISTER_OP("InvolutionPool")
