@@ -186,6 +186,14 @@ REGISTER_OP("InvolutionPoolGrad")
       return absl::OkStatus();
     });
 
+// Runs fn with the loops' parallel_for on this device's intra-op threads.
+template <typename Fn>
+void run_on_threads(OpKernelContext* context, Fn fn) {
+  involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
+  fn();
+  involution::current_pool = nullptr;
+}
+
 absl::Status invalid(const std::string& message) {
   return absl::InvalidArgumentError("involution_tf: " + message);
 }
@@ -226,9 +234,7 @@ class InvolutionOp : public OpKernel {
   // Runs the loops on this device's intra-op threads.
   template <typename Fn>
   void on_threads(OpKernelContext* context, Fn fn) {
-    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-    fn();
-    involution::current_pool = nullptr;
+    run_on_threads(context, fn);
   }
 
   int64_t groups_, kernel_size_, stride_, dilation_;
@@ -324,9 +330,7 @@ class BatchNormOp : public OpKernel {
 
   template <typename Fn>
   void on_threads(OpKernelContext* context, Fn fn) {
-    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-    fn();
-    involution::current_pool = nullptr;
+    run_on_threads(context, fn);
   }
 
   double epsilon_;
@@ -404,9 +408,7 @@ class PoolOp : public OpKernel {
 
   template <typename Fn>
   void on_threads(OpKernelContext* context, Fn fn) {
-    involution::current_pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-    fn();
-    involution::current_pool = nullptr;
+    run_on_threads(context, fn);
   }
 
   int64_t size_;
