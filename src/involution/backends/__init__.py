@@ -24,6 +24,11 @@ The modules never import `involution.ops`. The apply paths share one plan
 from involution.geometry import padding, tap_offsets  # noqa: F401  (the modules' shared geometry)
 
 
+def pair(value):
+    """A pooling size or stride as `(rows, cols)`."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def window(padded, row, col, stride, out_h, out_w):
     """The strided view of a padded `(..., H, W)` tensor that one tap reads."""
     return padded[

@@ -231,12 +231,6 @@ class InvolutionOp : public OpKernel {
 
   int64_t taps() const { return groups_ * kernel_size_ * kernel_size_; }
 
-  // Runs the loops on this device's intra-op threads.
-  template <typename Fn>
-  void on_threads(OpKernelContext* context, Fn fn) {
-    run_on_threads(context, fn);
-  }
-
   int64_t groups_, kernel_size_, stride_, dilation_;
 };
 
@@ -251,7 +245,7 @@ class ApplyOp : public InvolutionOp {
     OP_REQUIRES_OK(context, geometry(x.shape(), kernel.shape(), taps(), "kernel", &g));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.channels}), &out));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::forward<T>(x.flat<T>().data(), kernel.flat<T>().data(), out->flat<T>().data(), g);
     });
   }
@@ -278,7 +272,7 @@ class InputGradientOp : public InvolutionOp {
     OP_REQUIRES_OK(context, context->allocate_output(0, x_shape, &grad_x));
     Tensor regrouped;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DataTypeToEnum<T>::value, kernel.shape(), &regrouped));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::input_gradient<T>(kernel.flat<T>().data(), grad.flat<T>().data(), grad_x->flat<T>().data(),
                                     regrouped.flat<T>().data(), g);
     });
@@ -296,7 +290,7 @@ class CorrelateOp : public InvolutionOp {
     OP_REQUIRES_OK(context, geometry(x.shape(), grad.shape(), -1, "grad", &g));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, taps()}), &out));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::kernel_gradient<T>(x.flat<T>().data(), grad.flat<T>().data(), out->flat<T>().data(), g);
     });
   }
@@ -328,11 +322,6 @@ class BatchNormOp : public OpKernel {
     return absl::OkStatus();
   }
 
-  template <typename Fn>
-  void on_threads(OpKernelContext* context, Fn fn) {
-    run_on_threads(context, fn);
-  }
-
   double epsilon_;
 };
 
@@ -350,7 +339,7 @@ class BatchNormForwardOp : public BatchNormOp {
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &variance));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::batch_norm::forward<T>(x.flat<T>().data(), gamma.flat<T>().data(), beta.flat<T>().data(),
                                          epsilon_, rows, channels, y->flat<T>().data(), mean->flat<T>().data(),
                                          variance->flat<T>().data());
@@ -376,7 +365,7 @@ class BatchNormGradOp : public BatchNormOp {
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &grad_gamma));
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &grad_beta));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::batch_norm::backward<T>(grad.flat<T>().data(), x.flat<T>().data(), gamma.flat<T>().data(),
                                           mean.flat<T>().data(), variance.flat<T>().data(), epsilon_, rows, channels,
                                           grad_x->flat<T>().data(), grad_gamma->flat<T>().data(),
@@ -406,11 +395,6 @@ class PoolOp : public OpKernel {
     return TensorShape({t.batch, t.out_h(), t.out_w(), t.channels});
   }
 
-  template <typename Fn>
-  void on_threads(OpKernelContext* context, Fn fn) {
-    run_on_threads(context, fn);
-  }
-
   int64_t size_;
   bool max_;
 };
@@ -425,7 +409,7 @@ class PoolForwardOp : public PoolOp {
     OP_REQUIRES_OK(context, tiles(x, &t));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, pooled_shape(t), &y));
-    on_threads(context, [&] { involution::pool::forward<T>(x.flat<T>().data(), y->flat<T>().data(), t, max_); });
+    run_on_threads(context, [&] { involution::pool::forward<T>(x.flat<T>().data(), y->flat<T>().data(), t, max_); });
   }
 };
 
@@ -445,7 +429,7 @@ class PoolGradOp : public PoolOp {
                         " and " + grad.shape().DebugString()));
     Tensor* grad_x = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
-    on_threads(context, [&] {
+    run_on_threads(context, [&] {
       involution::pool::backward<T>(x.flat<T>().data(), y.flat<T>().data(), grad.flat<T>().data(),
                                     grad_x->flat<T>().data(), t, max_);
     });

@@ -31,7 +31,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
-from involution.backends import jax_onnx, native, padding, tap_offsets
+from involution.backends import jax_onnx, native, padding, pair, tap_offsets
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
 FFI_ENV = "INVOLUTION_JAX_FFI"
@@ -395,12 +395,9 @@ def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_f
 # written out below, is one elementwise pass that XLA fuses.
 
 
-def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)
-
 
 def pool_support(inputs, data_format, size, strides):
-    if _pair(size) != _pair(strides if strides is not None else size):
+    if pair(size) != pair(strides if strides is not None else size):
         return "its windows overlap or leave gaps (pool_size != strides); only tiling windows are reshaped"
     return None
 
@@ -445,6 +442,6 @@ def pool(inputs, size, strides, mode, data_format="channels_last"):
     """Max or average pooling over tiles of `size` ("valid": a remainder is dropped)."""
     inputs = jnp.asarray(inputs)
     if mode == "max":
-        return _max_pool_tiles(inputs, _pair(size), data_format)
-    tiles, axes = _tiles(inputs, _pair(size), data_format)
+        return _max_pool_tiles(inputs, pair(size), data_format)
+    tiles, axes = _tiles(inputs, pair(size), data_format)
     return jnp.mean(tiles, axis=axes)

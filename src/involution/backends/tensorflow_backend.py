@@ -40,7 +40,7 @@ import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util
 from tensorflow.python.ops import control_flow_util
 
-from involution.backends import native, padding, tap_offsets
+from involution.backends import native, padding, pair, tap_offsets
 
 # Set to 0 to skip building the C++ ops (the XLA path runs instead).
 NATIVE_ENV = "INVOLUTION_TF_NATIVE"
@@ -282,7 +282,7 @@ def _cpu_only():
 
 
 def pool_support(inputs, data_format, size, strides):
-    size, strides = _pair(size), _pair(strides if strides is not None else size)
+    size, strides = pair(size), pair(strides if strides is not None else size)
     if size != strides or size[0] != size[1]:
         return "it pools square tiles only (pool_size == strides, equal sides)"
     if data_format != "channels_last":
@@ -300,11 +300,8 @@ def pool(inputs, size, strides, mode, data_format="channels_last"):
     """Max or average pooling over square tiles ("valid"), one C++ op each
     way: TensorFlow's own CPU pooling gradients take several times a pass
     over memory (`pool_kernels.h`)."""
-    return _native_ops().involution_pool(inputs, size=_pair(size)[0], mode="max" if mode == "max" else "average")
+    return _native_ops().involution_pool(inputs, size=pair(size)[0], mode="max" if mode == "max" else "average")
 
-
-def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 @functools.lru_cache(maxsize=None)
