@@ -298,8 +298,7 @@ def pool_support(inputs, data_format, size, strides):
 
 def pool(inputs, size, strides, mode, data_format="channels_last"):
     """Max or average pooling over square tiles ("valid"), one C++ op each
-    way: TensorFlow's own CPU pooling gradients take several times a pass
-    over memory (`pool_kernels.h`)."""
+    way (`pool_kernels.h`)."""
     return _native_ops().involution_pool(inputs, size=pair(size)[0], mode="max" if mode == "max" else "average")
 
 
@@ -474,8 +473,7 @@ def batch_norm_training(inputs, gamma, beta, epsilon):
     Returns `(outputs, mean, variance)`, the variance biased (Keras'). On
     CPU-only TensorFlow, outside XLA-compiled and exported graphs, the op
     is this package's (`batch_norm_kernels.h`: two passes over memory each
-    way, about half the time of TensorFlow's own kernel without oneDNN);
-    elsewhere the map is viewed as `(pixels, 1, 1, channels)` for
+    way); elsewhere the map is viewed as `(pixels, 1, 1, channels)` for
     TensorFlow's fused kernel, whose gradient is one fused op too. Keras'
     own formulation takes about a dozen elementwise passes forward and back.
     """
