@@ -10,6 +10,7 @@ These switches decide what `"auto"` does, for the whole process:
 | `"window_correlation"` | local attention's query-key logits | `INVOLUTION_FAST_WINDOW_CORRELATION` |
 | `"batch_norm"` | `involution.normalization.BatchNormalization`'s training step | `INVOLUTION_FAST_BATCH_NORM` |
 | `"pool"` | pooling without layout copies (`involution.ops.pool`) | `INVOLUTION_FAST_POOL` |
+| `"dense"` | `involution.dense.Dense` with ReLU on few input features (`involution.ops.dense_relu`) | `INVOLUTION_FAST_DENSE` |
 
 An environment variable set to `0` turns its path off when the process
 starts; `set_fast_path` overrides it. `implementation="fast"` on a layer or
@@ -28,7 +29,7 @@ False
 import contextlib
 import os
 
-FAST_PATHS = ("apply", "window_correlation", "batch_norm", "pool")
+FAST_PATHS = ("apply", "window_correlation", "batch_norm", "pool", "dense")
 IMPLEMENTATIONS = ("auto", "reference", "fast")
 
 _overrides = {}

@@ -334,6 +334,35 @@ def pool(inputs, size, strides, mode, data_format, implementation="auto"):
     return pooling(inputs, size, strides, "valid", data_format)
 
 
+# A fused dense layer pays where the product is a small part of the work:
+# few input features (an image's colours) into many units.
+DENSE_RELU_MAX_FEATURES = 16
+
+
+def dense_relu(inputs, kernel, bias, implementation="auto"):
+    """`relu(inputs @ kernel + bias)` over the last axis, or the backend's fused op.
+
+    The fast path (`involution.config`, `"dense"`) takes inputs of at most
+    `DENSE_RELU_MAX_FEATURES` features, float32 or float64, on PyTorch's CPU
+    (not while exporting): one C++ loop forward, writing only the output,
+    and one backward, writing only the input, kernel and bias gradients
+    (the ReLU's mask is the output's sign).
+    """
+    inputs = ops.convert_to_tensor(inputs)
+    backend = backend_module()
+    backend_support = getattr(backend, "dense_relu_support", None)
+
+    def support():
+        features = inputs.shape[-1]
+        if features is None or features > DENSE_RELU_MAX_FEATURES:
+            return f"it takes at most {DENSE_RELU_MAX_FEATURES} input features (received {features})"
+        return backend_support(inputs, kernel)
+
+    if use_fast_path("dense", implementation, backend_support and support):
+        return backend.dense_relu(inputs, ops.convert_to_tensor(kernel), ops.convert_to_tensor(bias))
+    return ops.relu(ops.add(ops.matmul(inputs, kernel), bias))
+
+
 def average_pool_same(inputs, size, data_format, implementation="auto"):
     """Average pooling by `size` with TensorFlow's "same" rule, on every backend.
 

@@ -121,3 +121,35 @@ def test_a_lock_left_by_a_killed_build_is_removed(tmp_path):
     (tmp_path / "lock").touch()
     torch_backend._remove_stale_lock(tmp_path)
     assert (tmp_path / "lock").exists()
+
+
+def _dense_case(seed, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    # Away from the ReLU's kink, so that finite differences do not cross it.
+    x = torch.randn(3, 4, 5, 3, generator=generator, dtype=dtype)
+    kernel = torch.randn(3, 6, generator=generator, dtype=dtype)
+    bias = torch.randn(6, generator=generator, dtype=dtype)
+    pre = x @ kernel + bias
+    bias = bias + torch.where(pre.abs() < 1e-2, 0.05, 0.0).amax(dim=(0, 1, 2))
+    return x, kernel, bias
+
+
+def test_dense_relu_ops_pass_torch_library_checks():
+    """Fake (meta) shapes for `torch.compile`, autograd registration and
+    schema of both dense-ReLU ops."""
+    x, kernel, bias = _dense_case(0, torch.float32)
+    torch.library.opcheck(torch_backend._dense_relu_op, (x, kernel, bias))
+    y = torch_backend._dense_relu_op(x, kernel, bias)
+    torch.library.opcheck(torch_backend._dense_relu_backward_op, (x, kernel, y, torch.randn_like(y)))
+
+
+def test_dense_relu_first_and_second_derivatives_by_finite_differences():
+    x, kernel, bias = (t.requires_grad_() for t in _dense_case(1))
+    torch.autograd.gradcheck(torch_backend.dense_relu, (x, kernel, bias))
+    torch.autograd.gradgradcheck(torch_backend.dense_relu, (x, kernel, bias))
+
+
+def test_dense_relu_in_a_compiled_function_matches_eager():
+    x, kernel, bias = _dense_case(2, torch.float32)
+    compiled = torch.compile(torch_backend.dense_relu, fullgraph=True)
+    torch.testing.assert_close(compiled(x, kernel, bias), torch_backend.dense_relu(x, kernel, bias))

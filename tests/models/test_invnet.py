@@ -124,7 +124,9 @@ def test_invnet_activation(rng):
     activations = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)]
     # After both stage expansions and each of the four residual additions.
     assert len(activations) == 6
-    assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.ReLU)] == ["stem_relu"]
+    # The stem keeps ReLU, as its 1x1 layer's own activation.
+    assert not [layer.name for layer in model.layers if isinstance(layer, keras.layers.ReLU)]
+    assert model.get_layer("stem_pointwise").activation is keras.activations.relu
     assert model.count_params() == involution_net(blocks=(2, 2)).count_params()
     x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
     outputs = keras.ops.convert_to_numpy(model(x))

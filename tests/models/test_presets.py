@@ -133,6 +133,20 @@ def test_shipped_preset_predicts_as_on_the_backend_it_was_saved_on(name):
     assert (logits.argmax(-1) == np.asarray(metadata["check"]["logits"]).argmax(-1)).all()
 
 
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith("invnet_")])
+def test_today_s_invnet_computes_the_shipped_preset_with_its_weights(name):
+    """The presets hold invnet's earlier layer list (a separate stem ReLU);
+    today's model, with the ReLU fused into the stem's 1x1 layer, gives
+    the same logits for the same weights."""
+    preset = models.from_preset(name)
+    model = models.create_model("invnet")
+    assert len(model.layers) == len(preset.layers) - 1
+    model.set_weights(preset.get_weights())
+    x = presets.check_inputs(tuple(model.input_shape[1:]))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)),
+                               keras.ops.convert_to_numpy(preset(x, training=False)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(DATA), reason="the CIFAR-10 copy is not on this machine")
 @pytest.mark.parametrize("name", SHIPPED)

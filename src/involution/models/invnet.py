@@ -17,6 +17,7 @@ import keras
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.convolution import Conv2D
+from involution.dense import Dense
 from involution.geometry import channel_axis
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.ops import standardize_data_format
@@ -34,19 +35,25 @@ def _activation(activation, name):
 
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
                normalization="batch", activation="relu", data_format="channels_last"):
+    # Without normalization in between, a ReLU is the layer's own
+    # activation, which `Dense` fuses with the product on few features.
+    fused_activation = "relu" if activate and not normalize and activation == "relu" else None
     if data_format == "channels_last":
         # A 1x1 convolution written as a Dense layer on the channel axis:
         # the same weights and result, one matrix product in this layout,
         # where PyTorch's convolution would copy to channels-first and back
         # for every call.
-        x = keras.layers.Dense(
-            filters, use_bias=not normalize, kernel_regularizer=regularizer, name=f"{name}_pointwise"
+        x = Dense(
+            filters, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
+            name=f"{name}_pointwise",
         )(x)
     else:
         x = Conv2D(
-            filters, 1, use_bias=not normalize, kernel_regularizer=regularizer, data_format=data_format,
-            name=f"{name}_pointwise",
+            filters, 1, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
+            data_format=data_format, name=f"{name}_pointwise",
         )(x)
+    if fused_activation:
+        return x
     axis = channel_axis(data_format)
     if normalize and normalization == "batch":
         x = BatchNormalization(axis=axis, momentum=momentum, name=f"{name}_bn")(x)
