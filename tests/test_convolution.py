@@ -23,6 +23,23 @@ def test_channels_first_matches_keras_channels_last(rng, options):
     np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("strides", [1, 2])
+def test_transposed_path_matches_keras_channels_last(rng, monkeypatch, strides):
+    # The path for CPUs whose TensorFlow convolves channels-last maps only,
+    # taken here on every backend; widths equal to the filters included.
+    from involution import ops as involution_ops
+
+    monkeypatch.setattr(involution_ops.backend_module(), "channels_first_conv_runs", lambda: False, raising=False)
+    x = rng.standard_normal((2, 7, 4 * strides, 5)).astype("float32")
+    reference = keras.layers.Conv2D(4, 3, strides=strides, padding="same", bias_initializer="random_normal")
+    expected = keras.ops.convert_to_numpy(reference(x))
+    layer = Conv2D(4, 3, strides=strides, padding="same", data_format="channels_first")
+    layer.build((None, 5, 7, 4 * strides))
+    layer.set_weights(reference.get_weights())
+    outputs = keras.ops.convert_to_numpy(layer(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
 def test_one_by_one_matches_numpy(rng):
     x = rng.standard_normal((2, 3, 4, 5))
     layer = Conv2D(6, 1, data_format="channels_first", bias_initializer="random_normal")

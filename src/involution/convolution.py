@@ -13,9 +13,11 @@ class Conv2D(keras.layers.Conv2D):
     TensorFlow's CPU convolution takes channels-last maps only unless
     oneDNN is enabled (it is by default only on CPUs with AVX-512 and
     newer), so Keras' `Conv2D(data_format="channels_first")` fails there.
-    This layer convolves such a map channels-last between two transposes;
-    everywhere else it is Keras' layer. Same arguments, weights and
-    results.
+    This layer convolves such a map channels-last between two transposes,
+    and it adds the bias of every channels-first map along its channel
+    axis (TensorFlow's Keras layer adds it along the width where the width
+    equals `filters`). Channels-last maps get Keras' layer. Same arguments
+    and weights as Keras' layer.
 
     Args:
         Those of `keras.layers.Conv2D`.
@@ -35,21 +37,27 @@ class Conv2D(keras.layers.Conv2D):
     """
 
     def call(self, inputs):
-        backend = involution_ops.backend_module()
-        if self.data_format != "channels_first" or getattr(backend, "channels_first_conv_runs", lambda: True)():
+        if self.data_format != "channels_first":
             return super().call(inputs)
-        outputs = ops.conv(
-            ops.transpose(inputs, (0, 2, 3, 1)),
-            self.kernel,
-            strides=list(self.strides),
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format="channels_last",
-        )
+        backend = involution_ops.backend_module()
+        if getattr(backend, "channels_first_conv_runs", lambda: True)():
+            outputs = self.convolution_op(inputs, self.kernel)
+        else:
+            outputs = ops.transpose(
+                ops.conv(
+                    ops.transpose(inputs, (0, 2, 3, 1)),
+                    self.kernel,
+                    strides=list(self.strides),
+                    padding=self.padding,
+                    dilation_rate=self.dilation_rate,
+                    data_format="channels_last",
+                ),
+                (0, 3, 1, 2),
+            )
         if self.use_bias:
-            # Added channels-last: on channels-first maps whose width equals
-            # the filters, TensorFlow's `keras.ops.add` takes a bias for the
-            # last axis.
-            outputs = ops.add(outputs, self.bias)
-        outputs = ops.transpose(outputs, (0, 3, 1, 2))
+            # The bias comes first: TensorFlow's `keras.ops.add(x, bias)`
+            # takes a `(1, filters, 1, 1)` bias for the last axis of a
+            # channels-first map whose width equals the filters (Keras'
+            # own channels-first `Conv2D` adds it there).
+            outputs = ops.add(ops.reshape(self.bias, (1, self.filters, 1, 1)), outputs)
         return outputs if self.activation is None else self.activation(outputs)
