@@ -5,39 +5,35 @@ import numpy as np
 import pytest
 
 from involution import Conv2D
+from involution import ops as involution_ops
+
+
+def assert_matches_keras_channels_last(x, **options):
+    # The same weights convolve the same map in either layout; Keras'
+    # channels-last layer is the reference (TensorFlow's CPU convolution
+    # runs channels-last everywhere).
+    reference = keras.layers.Conv2D(4, data_format="channels_last", bias_initializer="random_normal", **options)
+    expected = keras.ops.convert_to_numpy(reference(x))
+    layer = Conv2D(4, data_format="channels_first", **options)
+    layer.build((None, x.shape[3], x.shape[1], x.shape[2]))
+    layer.set_weights(reference.get_weights())
+    outputs = keras.ops.convert_to_numpy(layer(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("options", [dict(kernel_size=1), dict(kernel_size=3, strides=2, padding="same"),
                                      dict(kernel_size=3, dilation_rate=2, padding="valid")])
 def test_channels_first_matches_keras_channels_last(rng, options):
-    # The same weights convolve the same map in either layout; Keras'
-    # channels-last layer is the reference (TensorFlow's CPU convolution
-    # runs channels-last everywhere).
-    x = rng.standard_normal((2, 9, 8, 5)).astype("float32")
-    reference = keras.layers.Conv2D(4, data_format="channels_last", bias_initializer="random_normal", **options)
-    expected = keras.ops.convert_to_numpy(reference(x))
-    layer = Conv2D(4, data_format="channels_first", **options)
-    layer.build((None, 5, 9, 8))
-    layer.set_weights(reference.get_weights())
-    outputs = keras.ops.convert_to_numpy(layer(x.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    assert_matches_keras_channels_last(rng.standard_normal((2, 9, 8, 5)).astype("float32"), **options)
 
 
 @pytest.mark.parametrize("strides", [1, 2])
 def test_transposed_path_matches_keras_channels_last(rng, monkeypatch, strides):
     # The path for CPUs whose TensorFlow convolves channels-last maps only,
     # taken here on every backend; widths equal to the filters included.
-    from involution import ops as involution_ops
-
     monkeypatch.setattr(involution_ops.backend_module(), "channels_first_conv_runs", lambda: False, raising=False)
     x = rng.standard_normal((2, 7, 4 * strides, 5)).astype("float32")
-    reference = keras.layers.Conv2D(4, 3, strides=strides, padding="same", bias_initializer="random_normal")
-    expected = keras.ops.convert_to_numpy(reference(x))
-    layer = Conv2D(4, 3, strides=strides, padding="same", data_format="channels_first")
-    layer.build((None, 5, 7, 4 * strides))
-    layer.set_weights(reference.get_weights())
-    outputs = keras.ops.convert_to_numpy(layer(x.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(outputs, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    assert_matches_keras_channels_last(x, kernel_size=3, strides=strides, padding="same")
 
 
 def test_one_by_one_matches_numpy(rng):
