@@ -39,6 +39,9 @@ SHAPES = {
     "rednet": (32, 32, 32, 64, 7, 4),
     "seed": (256, 32, 32, 3, 3, 1),
     "stage": (32, 56, 56, 64, 7, 4),
+    # invnet's residual blocks (not in the default run).
+    "invnet16": (256, 16, 16, 64, 3, 2),
+    "invnet8": (256, 8, 8, 128, 7, 4),
 }
 FORMULATIONS = ["ours-fast", "ours-reference", "ours-layer", "example", "example-xla",
                 "official", "conv3x3", "conv7x7"]

@@ -1,13 +1,14 @@
 """Benchmark: this checkout's apply step against another revision's, side by side.
 
 Checks the revision out into a temporary git worktree and times the same
-`bench_involution.py` measurements (one fresh process each) for both trees,
-alternating old and new for `--rounds` rounds, so that both see the same
-machine load. Prints the median of each side and the ratio new / old.
+measurements of this checkout's `bench_involution.py` (one fresh process
+each) with either tree's library, alternating old and new for `--rounds`
+rounds, so that both see the same machine load. Prints the median of each side and the ratio new / old.
 
 Usage:
     python benchmarks/compare_revisions.py REVISION
     python benchmarks/compare_revisions.py 9cdd839 --backends torch,jax --rounds 5
+    python benchmarks/compare_revisions.py HEAD --measurements ours-fast:stage:fwd+bwd
 """
 
 import argparse
@@ -31,7 +32,7 @@ MEASUREMENTS = [
 
 def measure(tree, backend, measurement, warmup, repeats, timeout):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(tree / "src"))
-    command = [sys.executable, str(tree / "benchmarks" / "bench_involution.py"), "--worker", *measurement,
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_involution.py"), "--worker", *measurement,
                "--warmup", str(warmup), "--repeats", str(repeats)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=tree)
     for line in reversed(done.stdout.splitlines()):
@@ -48,7 +49,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--measurements", default=",".join(":".join(m) for m in MEASUREMENTS),
+                        help="comma-separated FORMULATION:SHAPE:PASS of bench_involution.py (default: %(default)s)")
     args = parser.parse_args()
+    measurements = [tuple(item.split(":")) for item in args.measurements.split(",")]
+    if any(len(measurement) != 3 for measurement in measurements):
+        parser.error(f"--measurements takes FORMULATION:SHAPE:PASS items. Received: {args.measurements!r}")
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.revision],
@@ -56,7 +62,7 @@ def main():
         try:
             print(f"{'backend':10s} {'measurement':30s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s}", flush=True)
             for backend in args.backends.split(","):
-                for measurement in MEASUREMENTS:
+                for measurement in measurements:
                     times = {"old": [], "new": []}
                     for _ in range(args.rounds):
                         for side, tree in (("old", old), ("new", ROOT)):

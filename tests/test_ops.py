@@ -70,7 +70,9 @@ CHANNEL_LAYOUTS = [(48, 6), (16, 1), (32, 1), (64, 1), (96, 2), (128, 4), (192, 
 @pytest.mark.parametrize("channels,groups", CHANNEL_LAYOUTS)
 @pytest.mark.parametrize("kernel_size,stride", [(3, 2), (5, 1)])
 def test_apply_and_gradients_match_numpy_for_every_channel_layout(rng, channels, groups, kernel_size, stride):
-    x, kernel = random_case(rng, 2, 6, 5, channels, kernel_size, stride, groups, "channels_last")
+    # Three images of six rows: split between two threads, one thread's rows
+    # span two images (the input gradient regroups each image's kernel).
+    x, kernel = random_case(rng, 3, 6, 5, channels, kernel_size, stride, groups, "channels_last")
     upstream = rng.standard_normal(
         ref.involution_apply(x, kernel, kernel_size, stride, 1, groups, "channels_last").shape
     )

@@ -79,9 +79,8 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_backward", [&] {
     if (need_input) {
       grad_x = torch::empty_like(x);
-      auto regrouped = torch::empty_like(kernel);
       involution::input_gradient<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                           grad_x.data_ptr<scalar_t>(), regrouped.data_ptr<scalar_t>(), g);
+                                           grad_x.data_ptr<scalar_t>(), g);
     }
     if (need_kernel) {
       grad_kernel = torch::empty_like(kernel);
@@ -103,10 +102,9 @@ torch::Tensor input_gradient(torch::Tensor grad, torch::Tensor kernel, int64_t h
                               stride, dilation);
   geometry(x_sizes, grad, -1, "grad", groups, kernel_size, stride, dilation);
   auto grad_x = torch::empty({g.batch, g.height, g.width, g.channels}, grad.options());
-  auto regrouped = torch::empty_like(kernel);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "involution_input_gradient", [&] {
     involution::input_gradient<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                         grad_x.data_ptr<scalar_t>(), regrouped.data_ptr<scalar_t>(), g);
+                                         grad_x.data_ptr<scalar_t>(), g);
   });
   return grad_x;
 }

@@ -127,8 +127,7 @@ ffi::Error InputGradient(ffi::AnyBuffer grad, ffi::AnyBuffer kernel, ffi::Result
     return error;
   return by_dtype(grad, [&](auto zero) {
     using T = decltype(zero);
-    std::vector<T> regrouped(kernel.element_count());
-    involution::input_gradient<T>(data<T>(kernel), data<T>(grad), data<T>(grad_x), regrouped.data(), g);
+    involution::input_gradient<T>(data<T>(kernel), data<T>(grad), data<T>(grad_x), g);
   });
 }
 

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -83,31 +84,47 @@ inline int64_t taps_of(const Geometry& g, int64_t oy, int64_t ox, int64_t* taps,
   return count;
 }
 
-// The output pixels whose window reads input pixel (iy, ix), and through
-// which tap. Returns how many.
-inline int64_t readers_of(const Geometry& g, int64_t iy, int64_t ix, int64_t* taps, int64_t* pixels) {
+// Along one axis: the output positions whose window reads input position
+// `i`, and through which kernel index. Returns how many (at most
+// kernel_size).
+inline int64_t axis_readers(int64_t i, int64_t pad, int64_t kernel_size, int64_t dilation, int64_t stride,
+                            int64_t out, int64_t* index, int64_t* position) {
   int64_t count = 0;
-  if (g.stride == 1) {  // no divisions: they would cost more than the taps' arithmetic
-    for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
-      const int64_t oy = iy + g.pad - ky * g.dilation;
-      if (oy < 0 || oy >= g.out_h) continue;
-      for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
-        const int64_t ox = ix + g.pad - kx * g.dilation;
-        if (ox < 0 || ox >= g.out_w) continue;
-        taps[count] = ky * g.kernel_size + kx;
-        pixels[count++] = oy * g.out_w + ox;
-      }
-    }
-    return count;
+  for (int64_t k = 0; k < kernel_size; ++k) {
+    const int64_t s = i + pad - k * dilation;
+    if (s < 0 || s % stride != 0 || s / stride >= out) continue;
+    index[count] = k;
+    position[count++] = s / stride;
   }
-  for (int64_t ky = 0; ky < g.kernel_size; ++ky) {
-    const int64_t sy = iy + g.pad - ky * g.dilation;
-    if (sy < 0 || sy % g.stride != 0 || sy / g.stride >= g.out_h) continue;
-    for (int64_t kx = 0; kx < g.kernel_size; ++kx) {
-      const int64_t sx = ix + g.pad - kx * g.dilation;
-      if (sx < 0 || sx % g.stride != 0 || sx / g.stride >= g.out_w) continue;
-      taps[count] = ky * g.kernel_size + kx;
-      pixels[count++] = (sy / g.stride) * g.out_w + sx / g.stride;
+  return count;
+}
+
+// The readers of every input position along one axis, worked out once per
+// image row instead of once per pixel and tap (a division per tap costs
+// more than the tap's arithmetic): entry `i * kernel_size + j` is the
+// j-th reader of position i, `count[i]` how many there are.
+struct AxisReaders {
+  std::vector<int64_t> count, index, position;
+  AxisReaders(int64_t size, int64_t pad, int64_t kernel_size, int64_t dilation, int64_t stride, int64_t out)
+      : count(size), index(size * kernel_size), position(size * kernel_size) {
+    for (int64_t i = 0; i < size; ++i) {
+      count[i] = axis_readers(i, pad, kernel_size, dilation, stride, out, &index[i * kernel_size],
+                              &position[i * kernel_size]);
+    }
+  }
+};
+
+// The output pixels whose window reads input pixel (iy, ix), and through
+// which tap, rows' readers first. Returns how many.
+inline int64_t readers_of(const Geometry& g, const AxisReaders& rows, const AxisReaders& cols, int64_t iy,
+                          int64_t ix, int64_t* taps, int64_t* pixels) {
+  int64_t count = 0;
+  const int64_t k = g.kernel_size;
+  for (int64_t r = 0; r < rows.count[iy]; ++r) {
+    const int64_t ky = rows.index[iy * k + r], oy = rows.position[iy * k + r];
+    for (int64_t c = 0; c < cols.count[ix]; ++c) {
+      taps[count] = ky * k + cols.index[ix * k + c];
+      pixels[count++] = oy * g.out_w + cols.position[ix * k + c];
     }
   }
   return count;
@@ -248,29 +265,6 @@ inline void forward_avx2(const float* x, const float* kernel, float* out, const 
 }
 #endif
 
-// Calls fn(dx, k, dy, count, taps, readers) for every input pixel, in
-// parallel over input rows: `dx` is the pixel's gradient, `k` and `dy` its
-// image's tap-major kernel and output gradient, and the first `count`
-// entries of `taps` / `readers` the output pixels that read it and through
-// which tap (see readers_of).
-template <typename scalar_t, typename Fn>
-void for_each_input_pixel(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x,
-                          const Geometry& g, Fn fn) {
-  const int64_t taps = g.taps(), kw = g.groups * taps;
-  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(taps), reader(taps);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.height, iy = row % g.height;
-      const scalar_t* k = kernel_tap_major + b * g.out_h * g.out_w * kw;
-      const scalar_t* dy = grad + b * g.out_h * g.out_w * g.channels;
-      for (int64_t ix = 0; ix < g.width; ++ix) {
-        const int64_t count = readers_of(g, iy, ix, tap.data(), reader.data());
-        fn(grad_x + (row * g.width + ix) * g.channels, k, dy, count, tap.data(), reader.data());
-      }
-    }
-  });
-}
-
 template <typename scalar_t>
 void forward_impl(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
   const int64_t taps = g.taps(), kw = g.groups * taps;
@@ -368,45 +362,96 @@ inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kern
 #endif
 
 // The input gradient gathers, for every input pixel, the kernel weights of
-// the K*K output pixels that read it. In the kernel's group-major layout the
-// G weights of one (pixel, tap) lie `K*K` apart, on G cache lines; they are
-// first regrouped tap-major, (B, Ho, Wo, K*K, G), so that they share one.
+// the output pixels that read it. In the kernel's group-major layout the G
+// weights of one (pixel, tap) lie `K*K` apart: with more than 16 taps
+// (K >= 5), on G cache lines. For those kernels each thread first regroups
+// the kernel of the image it is in tap-major, (Ho, Wo, K*K, G), into a
+// buffer of one image's kernel, so that they share one, and reads them from
+// there while the regrouped image is still in cache (a whole-batch scratch
+// buffer would cost a pass over memory and, the size of the kernel, fresh
+// pages on every call). A 3x3 kernel's group weights are close enough, and
+// it has too few readers per pixel to pay for the regrouping: it is read in
+// place.
+inline bool regroups_for_input_gradient(const Geometry& g) { return g.groups > 1 && g.taps() > 16; }
+
+// The distance between neighbouring groups' weights of one tap, as the
+// input gradient reads them.
+inline int64_t input_gradient_group_stride(const Geometry& g) {
+  return regroups_for_input_gradient(g) ? 1 : g.taps();
+}
+
 template <typename scalar_t>
-void tap_major(const scalar_t* kernel, scalar_t* regrouped, const Geometry& g) {
-  const int64_t taps = g.taps(), kw = g.groups * taps, pixels = g.batch * g.out_h * g.out_w;
-  parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      for (int64_t grp = 0; grp < g.groups; ++grp) {
-        for (int64_t t = 0; t < taps; ++t) regrouped[p * kw + t * g.groups + grp] = kernel[p * kw + grp * taps + t];
+void tap_major_image(const scalar_t* kernel, scalar_t* regrouped, const Geometry& g) {
+  const int64_t taps = g.taps(), kw = g.groups * taps, pixels = g.out_h * g.out_w;
+  for (int64_t p = 0; p < pixels; ++p) {
+    const scalar_t* __restrict__ in = kernel + p * kw;
+    scalar_t* __restrict__ out = regrouped + p * kw;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t t = 0; t < taps; ++t) out[t * g.groups + grp] = in[grp * taps + t];
+    }
+  }
+}
+
+// fn(dx, readers) is called for every input pixel, in parallel over input
+// rows: `dx` is its gradient, and `readers(add)` calls add(weights, dy) for
+// each output pixel that reads it, `weights` pointing at its group-0 weight
+// of the tap it reads through (group g's `g * input_gradient_group_stride`
+// further) and `dy` at its output gradient.
+template <typename scalar_t, typename Fn>
+void for_each_input_gradient(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g,
+                             Fn fn) {
+  const int64_t taps = g.taps(), kw = g.groups * taps, image_pixels = g.out_h * g.out_w;
+  const AxisReaders rows(g.height, g.pad, g.kernel_size, g.dilation, g.stride, g.out_h);
+  const AxisReaders cols(g.width, g.pad, g.kernel_size, g.dilation, g.stride, g.out_w);
+  const bool regroup = regroups_for_input_gradient(g);
+  const int64_t tap_stride = regroup ? g.groups : 1;
+  parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(taps), reader(taps);
+    std::unique_ptr<scalar_t[]> regrouped(regroup ? new scalar_t[image_pixels * kw] : nullptr);
+    int64_t image = -1;
+    const scalar_t* weights = nullptr;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.height, iy = row % g.height;
+      if (b != image) {
+        weights = kernel + b * image_pixels * kw;
+        if (regroup) {
+          tap_major_image(weights, regrouped.get(), g);
+          weights = regrouped.get();
+        }
+        image = b;
+      }
+      const scalar_t* dy = grad + b * image_pixels * g.channels;
+      for (int64_t ix = 0; ix < g.width; ++ix) {
+        const int64_t count = readers_of(g, rows, cols, iy, ix, tap.data(), reader.data());
+        fn(grad_x + (row * g.width + ix) * g.channels, [&](auto&& add) {
+          for (int64_t i = 0; i < count; ++i) {
+            add(weights + reader[i] * kw + tap[i] * tap_stride, dy + reader[i] * g.channels);
+          }
+        });
       }
     }
   });
 }
 
 template <typename scalar_t>
-void grad_input_impl(const scalar_t* kernel_tap_major, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
-  const int64_t kw = g.groups * g.taps();
-  for_each_input_pixel(kernel_tap_major, grad, grad_x, g, [&](scalar_t* dx, const scalar_t* k, const scalar_t* dy,
-                                                              int64_t count, const int64_t* tap, const int64_t* reader) {
+void grad_input_impl(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
+  const int64_t group_stride = input_gradient_group_stride(g);
+  for_each_input_gradient(kernel, grad, grad_x, g, [&](scalar_t* dx, auto&& readers) {
     for_each_block(g, [&](int64_t grp, int64_t c0, int64_t width) {
       accumulate_block<scalar_t>(dx + c0, width, [&](auto&& add) {
-        for (int64_t i = 0; i < count; ++i) {
-          add(k[reader[i] * kw + tap[i] * g.groups + grp], dy + reader[i] * g.channels + c0);
-        }
+        readers([&](const scalar_t* weights, const scalar_t* dy) { add(weights[grp * group_stride], dy + c0); });
       });
     });
   });
 }
 
 #ifdef INVOLUTION_AVX2
-inline void grad_input_avx2(const float* kernel_tap_major, const float* grad, float* grad_x, const Geometry& g) {
-  const int64_t kw = g.groups * g.taps();
-  const std::vector<Pass> passes = plan_passes(g, 1);
-  for_each_input_pixel(kernel_tap_major, grad, grad_x, g, [&](float* dx, const float* k, const float* dy,
-                                                              int64_t count, const int64_t* tap, const int64_t* reader) {
+inline void grad_input_avx2(const float* kernel, const float* grad, float* grad_x, const Geometry& g) {
+  const std::vector<Pass> passes = plan_passes(g, input_gradient_group_stride(g));
+  for_each_input_gradient(kernel, grad, grad_x, g, [&](float* dx, auto&& readers) {
     for (const Pass& pass : passes) {
       accumulate_pass(dx + pass.c0, pass, [&](auto&& add) {
-        for (int64_t i = 0; i < count; ++i) add(k + reader[i] * kw + tap[i] * g.groups, dy + reader[i] * g.channels + pass.c0);
+        readers([&](const float* weights, const float* dy) { add(weights, dy + pass.c0); });
       });
     }
   });
@@ -433,7 +478,7 @@ void grad_kernel_dispatch(const scalar_t* x, const scalar_t* grad, scalar_t* gra
   grad_kernel_impl<scalar_t>(x, grad, grad_kernel, g);
 }
 
-// The three entry points. `regrouped` is scratch of the kernel's size.
+// The three entry points.
 template <typename scalar_t>
 void forward(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
 #ifdef INVOLUTION_AVX2
@@ -445,15 +490,13 @@ void forward(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geo
 }
 
 template <typename scalar_t>
-void input_gradient(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, scalar_t* regrouped,
-                    const Geometry& g) {
-  tap_major<scalar_t>(kernel, regrouped, g);
+void input_gradient(const scalar_t* kernel, const scalar_t* grad, scalar_t* grad_x, const Geometry& g) {
 #ifdef INVOLUTION_AVX2
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (use_avx2<scalar_t>(g)) return grad_input_avx2(regrouped, grad, grad_x, g);
+    if (use_avx2<scalar_t>(g)) return grad_input_avx2(kernel, grad, grad_x, g);
   }
 #endif
-  grad_input_impl<scalar_t>(regrouped, grad, grad_x, g);
+  grad_input_impl<scalar_t>(kernel, grad, grad_x, g);
 }
 
 // Also local attention's query-key logits (grad = queries, x = keys).

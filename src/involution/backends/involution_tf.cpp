@@ -270,11 +270,8 @@ class InputGradientOp : public InvolutionOp {
     OP_REQUIRES_OK(context, geometry(x_shape, grad.shape(), -1, "grad", &g));
     Tensor* grad_x = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, x_shape, &grad_x));
-    Tensor regrouped;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DataTypeToEnum<T>::value, kernel.shape(), &regrouped));
     run_on_threads(context, [&] {
-      involution::input_gradient<T>(kernel.flat<T>().data(), grad.flat<T>().data(), grad_x->flat<T>().data(),
-                                    regrouped.flat<T>().data(), g);
+      involution::input_gradient<T>(kernel.flat<T>().data(), grad.flat<T>().data(), grad_x->flat<T>().data(), g);
     });
   }
 };
