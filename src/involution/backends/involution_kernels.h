@@ -369,9 +369,9 @@ inline void grad_kernel_avx2(const float* x, const float* grad, float* grad_kern
 // buffer of one image's kernel, so that they share one, and reads them from
 // there while the regrouped image is still in cache (a whole-batch scratch
 // buffer would cost a pass over memory and, the size of the kernel, fresh
-// pages on every call). A 3x3 kernel's group weights are close enough, and
-// it has too few readers per pixel to pay for the regrouping: it is read in
-// place.
+// pages on every call). A 3x3 kernel is read in place: a tap's group
+// weights lie 9 floats apart, and its few readers per pixel leave little to
+// win back a copy's pass.
 inline bool regroups_for_input_gradient(const Geometry& g) { return g.groups > 1 && g.taps() > 16; }
 
 // The distance between neighbouring groups' weights of one tap, as the
