@@ -3,7 +3,8 @@
 Checks the revision out into a temporary git worktree and times the same
 measurements of this checkout's `bench_involution.py` (one fresh process
 each) with either tree's library, alternating old and new for `--rounds`
-rounds, so that both see the same machine load. Prints the median of each side and the ratio new / old.
+rounds, so that both see the same machine load. Prints the median of each
+side and the ratio new / old.
 
 Usage:
     python benchmarks/compare_revisions.py REVISION
