@@ -10,7 +10,7 @@ from tests.backend_utils import gradients
 
 BACKEND = keras.backend.backend()
 # Where the fused op exists; elsewhere "auto" runs Keras' code.
-FAST = ("auto", "fast") if BACKEND == "torch" else ("auto",)
+FAST = ("auto", "fast") if BACKEND in ("torch", "tensorflow") else ("auto",)
 
 
 def numpy_dense_relu(x, kernel, bias, upstream):
@@ -82,7 +82,7 @@ def test_other_activations_and_wide_inputs_are_keras_dense(rng):
         layer.set_weights(keras_layer.get_weights())
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(keras_layer(x)),
                                    rtol=1e-6)
-    if BACKEND == "torch":
+    if BACKEND in ("torch", "tensorflow"):
         with pytest.raises(ValueError, match=f"at most {DENSE_RELU_MAX_FEATURES} input features"):
             Dense(4, activation="relu", implementation="fast")(x)
     else:

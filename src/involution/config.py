@@ -16,6 +16,12 @@ An environment variable set to `0` turns its path off when the process
 starts; `set_fast_path` overrides it. `implementation="fast"` on a layer or
 call ignores the switches (and raises where the fast path cannot run).
 
+The C++ ops of the PyTorch and TensorFlow fast paths take their large
+outputs (8 MiB and more) from a cache of blocks that earlier outputs
+freed, so that a training loop's full-resolution maps do not fault fresh
+pages in on every step. `INVOLUTION_BLOCK_CACHE_MB` (read once, when the
+ops are loaded) caps the memory kept there: 1024 by default, 0 for none.
+
 Example:
 
 >>> import involution

@@ -344,7 +344,8 @@ def dense_relu(inputs, kernel, bias, implementation="auto"):
 
     The fast path (`involution.config`, `"dense"`) takes inputs of at most
     `DENSE_RELU_MAX_FEATURES` features, float32 or float64, on PyTorch's CPU
-    (not while exporting): one C++ loop forward, writing only the output,
+    (not while exporting) and on CPU-only TensorFlow (outside XLA-compiled
+    and exported graphs): one C++ loop forward, writing only the output,
     and one backward, writing only the input, kernel and bias gradients
     (the ReLU's mask is the output's sign).
     """

@@ -153,3 +153,24 @@ def test_dense_relu_in_a_compiled_function_matches_eager():
     x, kernel, bias = _dense_case(2, torch.float32)
     compiled = torch.compile(torch_backend.dense_relu, fullgraph=True)
     torch.testing.assert_close(compiled(x, kernel, bias), torch_backend.dense_relu(x, kernel, bias))
+
+
+def test_large_outputs_come_from_the_block_cache_and_are_fully_written():
+    # 64 x 128 x 256 float32 outputs (8 MiB, the cache's smallest block): a
+    # freed output's block is handed to the next output of its size, whose
+    # values must not show the previous ones.
+    generator = torch.Generator().manual_seed(3)
+    kernel = torch.randn(3, 256, generator=generator)
+    bias = torch.zeros(256)
+    first = torch_backend.dense_relu(torch.randn(64, 128, 3, generator=generator), kernel, bias + 5.0)
+    address = first.data_ptr()
+    del first
+    x = torch.randn(64, 128, 3, generator=generator)
+    second = torch_backend.dense_relu(x, kernel, bias)
+    assert second.data_ptr() == address
+    expected = np.maximum(x.double().numpy() @ kernel.double().numpy(), 0)
+    np.testing.assert_allclose(second.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Smaller outputs come from PyTorch's allocator.
+    small = torch_backend.dense_relu(x[:8], kernel, bias)
+    assert small.data_ptr() != address
+    np.testing.assert_allclose(small.numpy(), expected[:8], rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
 // A dense layer with ReLU, y = max(x W + b, 0), over the last axis of a
 // contiguous (rows, features) buffer of few features (a network's first
-// 1x1 convolution on an image), on the CPU, for the PyTorch binding.
+// 1x1 convolution on an image), on the CPU, for the PyTorch and TensorFlow bindings.
 //
 // With three input features the matrix product is a small fraction of the
 // work: what costs is memory, and a framework's matmul, bias addition and

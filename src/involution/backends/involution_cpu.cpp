@@ -17,8 +17,22 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 
 #include "involution_kernels.h"
 #include "dense_kernels.h"
+#include "block_cache.h"
 
 namespace {
+
+// An uninitialised output: large maps from the block cache
+// (block_cache.h), the rest from PyTorch's allocator.
+torch::Tensor empty_map(at::IntArrayRef sizes, const torch::TensorOptions& options) {
+  int64_t elements = 1;
+  for (const int64_t size : sizes) elements *= size;
+  const size_t bytes = static_cast<size_t>(elements) * options.dtype().itemsize();
+  auto& blocks = involution::cache::blocks();
+  if (!blocks.takes(bytes)) return torch::empty(sizes, options);
+  void* data = blocks.allocate(bytes);
+  TORCH_CHECK(data != nullptr, "involution_cpu: out of memory for an output of ", bytes, " bytes");
+  return torch::from_blob(data, sizes, [](void* block) { involution::cache::blocks().release(block); }, options);
+}
 
 using involution::Geometry;
 
@@ -63,7 +77,7 @@ Geometry kernel_geometry(const torch::Tensor& x, const torch::Tensor& kernel, in
 torch::Tensor forward(torch::Tensor x, torch::Tensor kernel, int64_t groups, int64_t kernel_size, int64_t stride,
                       int64_t dilation) {
   const Geometry g = kernel_geometry(x, kernel, groups, kernel_size, stride, dilation);
-  auto out = torch::empty({g.batch, g.out_h, g.out_w, g.channels}, x.options());
+  auto out = empty_map({g.batch, g.out_h, g.out_w, g.channels}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_forward", [&] {
     involution::forward<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
   });
@@ -78,12 +92,12 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   torch::Tensor grad_x, grad_kernel;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_backward", [&] {
     if (need_input) {
-      grad_x = torch::empty_like(x);
+      grad_x = empty_map(x.sizes(), x.options());
       involution::input_gradient<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                                            grad_x.data_ptr<scalar_t>(), g);
     }
     if (need_kernel) {
-      grad_kernel = torch::empty_like(kernel);
+      grad_kernel = empty_map(kernel.sizes(), kernel.options());
       involution::kernel_gradient<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                                      grad_kernel.data_ptr<scalar_t>(), g);
     }
@@ -101,7 +115,7 @@ torch::Tensor input_gradient(torch::Tensor grad, torch::Tensor kernel, int64_t h
   const Geometry g = geometry(x_sizes, kernel, groups * kernel_size * kernel_size, "kernel", groups, kernel_size,
                               stride, dilation);
   geometry(x_sizes, grad, -1, "grad", groups, kernel_size, stride, dilation);
-  auto grad_x = torch::empty({g.batch, g.height, g.width, g.channels}, grad.options());
+  auto grad_x = empty_map({g.batch, g.height, g.width, g.channels}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "involution_input_gradient", [&] {
     involution::input_gradient<scalar_t>(kernel.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                                          grad_x.data_ptr<scalar_t>(), g);
@@ -116,7 +130,7 @@ torch::Tensor input_gradient(torch::Tensor grad, torch::Tensor kernel, int64_t h
 torch::Tensor correlate(torch::Tensor x, torch::Tensor grad, int64_t groups, int64_t kernel_size, int64_t stride,
                         int64_t dilation) {
   const Geometry g = geometry(x, grad, -1, "grad", groups, kernel_size, stride, dilation);
-  auto out = torch::empty({g.batch, g.out_h, g.out_w, groups * g.taps()}, x.options());
+  auto out = empty_map({g.batch, g.out_h, g.out_w, groups * g.taps()}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_correlate", [&] {
     involution::kernel_gradient<scalar_t>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
   });
@@ -152,7 +166,7 @@ torch::Tensor dense_relu(torch::Tensor x, torch::Tensor kernel, torch::Tensor bi
               "involution_cpu: bias has shape ", bias.sizes(), ", expected (", sizes.out, ")");
   auto shape = x.sizes().vec();
   shape.back() = sizes.out;
-  auto y = torch::empty(shape, x.options());
+  auto y = empty_map(shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_dense_relu", [&] {
     involution::dense::relu_forward<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(),
                                               bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), sizes);
@@ -163,7 +177,7 @@ torch::Tensor dense_relu(torch::Tensor x, torch::Tensor kernel, torch::Tensor bi
 std::vector<torch::Tensor> dense_relu_backward(torch::Tensor x, torch::Tensor kernel, torch::Tensor y,
                                                torch::Tensor grad) {
   const auto sizes = dense_sizes(x, kernel, {&y, &grad});
-  auto grad_x = torch::empty_like(x);
+  auto grad_x = empty_map(x.sizes(), x.options());
   auto grad_kernel = torch::empty_like(kernel);
   auto grad_bias = torch::empty({sizes.out}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_dense_relu_backward", [&] {

@@ -7,6 +7,11 @@
 // other's gradients (tensorflow_backend.py registers them), so derivatives
 // of any order run these loops. Attributes: groups, kernel_size, stride,
 // dilation.
+//
+// Beside them, ops for the layers around the apply step on CPU-only
+// TensorFlow: training-mode batch normalization (batch_norm_kernels.h),
+// pooling by tiles (pool_kernels.h) and a dense layer with ReLU on few
+// features (dense_kernels.h), each with its gradient op.
 
 #include <algorithm>
 #include <cstdint>
@@ -48,6 +53,8 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 #include "involution_kernels.h"
 #include "batch_norm_kernels.h"
 #include "pool_kernels.h"
+#include "dense_kernels.h"
+#include "block_cache.h"
 
 namespace {
 
@@ -186,6 +193,42 @@ REGISTER_OP("InvolutionPoolGrad")
       return absl::OkStatus();
     });
 
+// relu(x kernel + bias) over the last axis of x (dense_kernels.h).
+REGISTER_OP("InvolutionDenseRelu")
+    .Input("x: T")
+    .Input("kernel: T")
+    .Input("bias: T")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x, kernel, out;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
+      TF_RETURN_IF_ERROR(c->ReplaceDim(x, -1, c->Dim(kernel, 1), &out));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    });
+
+// The gradients of InvolutionDenseRelu(x, kernel, bias) = y for the output
+// gradient `grad`, from y (whose sign is the ReLU's mask).
+REGISTER_OP("InvolutionDenseReluGrad")
+    .Input("x: T")
+    .Input("kernel: T")
+    .Input("y: T")
+    .Input("grad: T")
+    .Output("grad_x: T")
+    .Output("grad_kernel: T")
+    .Output("grad_bias: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle kernel;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
+      c->set_output(0, c->input(0));
+      c->set_output(1, kernel);
+      c->set_output(2, c->Vector(c->Dim(kernel, 1)));
+      return absl::OkStatus();
+    });
+
 // Runs fn with the loops' parallel_for on this device's intra-op threads.
 template <typename Fn>
 void run_on_threads(OpKernelContext* context, Fn fn) {
@@ -196,6 +239,37 @@ void run_on_threads(OpKernelContext* context, Fn fn) {
 
 absl::Status invalid(const std::string& message) {
   return absl::InvalidArgumentError("involution_tf: " + message);
+}
+
+// TensorFlow's face of block_cache.h.
+class CachedAllocator : public tensorflow::Allocator {
+ public:
+  std::string Name() override { return "involution_block_cache"; }
+  void* AllocateRaw(size_t alignment, size_t num_bytes) override {
+    return alignment <= involution::cache::kAlignment ? involution::cache::blocks().allocate(num_bytes) : nullptr;
+  }
+  void DeallocateRaw(void* ptr) override { involution::cache::blocks().release(ptr); }
+};
+
+tensorflow::Allocator* cached_allocator() {
+  static CachedAllocator* allocator = new CachedAllocator();
+  return allocator;
+}
+
+// Output `index` of `shape`: large maps from the block cache, the rest
+// from the device's allocator.
+template <typename T>
+absl::Status allocate_map(OpKernelContext* context, int index, const TensorShape& shape, Tensor** out) {
+  if (!involution::cache::blocks().takes(static_cast<size_t>(shape.num_elements()) * sizeof(T))) {
+    return context->allocate_output(index, shape, out);
+  }
+  Tensor tensor(cached_allocator(), tensorflow::DataTypeToEnum<T>::value, shape);
+  if (!tensor.IsInitialized()) {
+    return absl::ResourceExhaustedError("involution_tf: out of memory for an output of shape " + shape.DebugString());
+  }
+  context->set_output(index, tensor);
+  *out = context->mutable_output(index);
+  return absl::OkStatus();
 }
 
 // Every op: the geometry attributes, and checks of every shape the loops
@@ -244,7 +318,7 @@ class ApplyOp : public InvolutionOp {
     Geometry g;
     OP_REQUIRES_OK(context, geometry(x.shape(), kernel.shape(), taps(), "kernel", &g));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.channels}), &out));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, TensorShape({g.batch, g.out_h, g.out_w, g.channels}), &out));
     run_on_threads(context, [&] {
       involution::forward<T>(x.flat<T>().data(), kernel.flat<T>().data(), out->flat<T>().data(), g);
     });
@@ -269,7 +343,7 @@ class InputGradientOp : public InvolutionOp {
     OP_REQUIRES_OK(context, geometry(x_shape, kernel.shape(), taps(), "kernel", &g));
     OP_REQUIRES_OK(context, geometry(x_shape, grad.shape(), -1, "grad", &g));
     Tensor* grad_x = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x_shape, &grad_x));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x_shape, &grad_x));
     run_on_threads(context, [&] {
       involution::input_gradient<T>(kernel.flat<T>().data(), grad.flat<T>().data(), grad_x->flat<T>().data(), g);
     });
@@ -286,7 +360,7 @@ class CorrelateOp : public InvolutionOp {
     Geometry g;
     OP_REQUIRES_OK(context, geometry(x.shape(), grad.shape(), -1, "grad", &g));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, taps()}), &out));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, TensorShape({g.batch, g.out_h, g.out_w, taps()}), &out));
     run_on_threads(context, [&] {
       involution::kernel_gradient<T>(x.flat<T>().data(), grad.flat<T>().data(), out->flat<T>().data(), g);
     });
@@ -333,7 +407,7 @@ class BatchNormForwardOp : public BatchNormOp {
     int64_t rows, channels;
     OP_REQUIRES_OK(context, channels_of(x, {&gamma, &beta}, &rows, &channels));
     Tensor *y = nullptr, *mean = nullptr, *variance = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x.shape(), &y));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &variance));
     run_on_threads(context, [&] {
@@ -359,7 +433,7 @@ class BatchNormGradOp : public BatchNormOp {
     OP_REQUIRES(context, grad.shape() == x.shape(),
                 invalid("grad has shape " + grad.shape().DebugString() + ", expected x's " + x.shape().DebugString()));
     Tensor *grad_x = nullptr, *grad_gamma = nullptr, *grad_beta = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x.shape(), &grad_x));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({channels}), &grad_gamma));
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({channels}), &grad_beta));
     run_on_threads(context, [&] {
@@ -405,7 +479,7 @@ class PoolForwardOp : public PoolOp {
     involution::pool::Tiles t;
     OP_REQUIRES_OK(context, tiles(x, &t));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, pooled_shape(t), &y));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, pooled_shape(t), &y));
     run_on_threads(context, [&] { involution::pool::forward<T>(x.flat<T>().data(), y->flat<T>().data(), t, max_); });
   }
 };
@@ -425,10 +499,75 @@ class PoolGradOp : public PoolOp {
                 invalid("y and grad must have shape " + expected.DebugString() + ", got " + y.shape().DebugString() +
                         " and " + grad.shape().DebugString()));
     Tensor* grad_x = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &grad_x));
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x.shape(), &grad_x));
     run_on_threads(context, [&] {
       involution::pool::backward<T>(x.flat<T>().data(), y.flat<T>().data(), grad.flat<T>().data(),
                                     grad_x->flat<T>().data(), t, max_);
+    });
+  }
+};
+
+// The dense ops: x (..., in) seen as (rows, in), kernel (in, out).
+absl::Status dense_sizes(const Tensor& x, const Tensor& kernel, involution::dense::Sizes* s) {
+  if (x.dims() < 1 || kernel.dims() != 2 || x.dim_size(x.dims() - 1) != kernel.dim_size(0)) {
+    return invalid("x (..., in) and kernel (in, out) do not match: " + x.shape().DebugString() + " and " +
+                   kernel.shape().DebugString());
+  }
+  *s = involution::dense::Sizes{kernel.dim_size(0) ? x.NumElements() / kernel.dim_size(0) : 0, kernel.dim_size(0),
+                                kernel.dim_size(1)};
+  return absl::OkStatus();
+}
+
+TensorShape dense_output_shape(const Tensor& x, int64_t units) {
+  TensorShape shape = x.shape();
+  shape.set_dim(shape.dims() - 1, units);
+  return shape;
+}
+
+template <typename T>
+class DenseReluOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& bias = context->input(2);
+    involution::dense::Sizes s;
+    OP_REQUIRES_OK(context, dense_sizes(x, kernel, &s));
+    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == s.out,
+                invalid("bias must have shape (" + std::to_string(s.out) + "), got " + bias.shape().DebugString()));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, dense_output_shape(x, s.out), &y));
+    run_on_threads(context, [&] {
+      involution::dense::relu_forward<T>(x.flat<T>().data(), kernel.flat<T>().data(), bias.flat<T>().data(),
+                                         y->flat<T>().data(), s);
+    });
+  }
+};
+
+template <typename T>
+class DenseReluGradOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& y = context->input(2);
+    const Tensor& grad = context->input(3);
+    involution::dense::Sizes s;
+    OP_REQUIRES_OK(context, dense_sizes(x, kernel, &s));
+    const TensorShape expected = dense_output_shape(x, s.out);
+    OP_REQUIRES(context, y.shape() == expected && grad.shape() == expected,
+                invalid("y and grad must have shape " + expected.DebugString() + ", got " + y.shape().DebugString() +
+                        " and " + grad.shape().DebugString()));
+    Tensor *grad_x = nullptr, *grad_kernel = nullptr, *grad_bias = nullptr;
+    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x.shape(), &grad_x));
+    OP_REQUIRES_OK(context, context->allocate_output(1, kernel.shape(), &grad_kernel));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({s.out}), &grad_bias));
+    run_on_threads(context, [&] {
+      involution::dense::relu_backward<T>(x.flat<T>().data(), kernel.flat<T>().data(), y.flat<T>().data(),
+                                          grad.flat<T>().data(), grad_x->flat<T>().data(),
+                                          grad_kernel->flat<T>().data(), grad_bias->flat<T>().data(), s);
     });
   }
 };
@@ -449,7 +588,11 @@ class PoolGradOp : public PoolOp {
   REGISTER_KERNEL_BUILDER(Name("InvolutionPool").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
                           PoolForwardOp<T>);                                                             \
   REGISTER_KERNEL_BUILDER(Name("InvolutionPoolGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
-                          PoolGradOp<T>);
+                          PoolGradOp<T>);                                                        \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionDenseRelu").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          DenseReluOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("InvolutionDenseReluGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          DenseReluGradOp<T>);
 
 INVOLUTION_REGISTER(float)
 INVOLUTION_REGISTER(double)

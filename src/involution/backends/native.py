@@ -21,7 +21,7 @@ from involution import cache
 
 KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
 # Every header a binding may include: part of every build's key.
-SHARED_HEADERS = (KERNELS_HEADER, *(Path(__file__).with_name(name) for name in ("batch_norm_kernels.h", "pool_kernels.h", "dense_kernels.h")))
+SHARED_HEADERS = (KERNELS_HEADER, *(Path(__file__).with_name(name) for name in ("batch_norm_kernels.h", "pool_kernels.h", "dense_kernels.h", "block_cache.h")))
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
