@@ -62,7 +62,7 @@ def trace(model_name, batch_size, warmup, steps):
                 continue
             for event in line.events:
                 label = plane.event_metadata[event.metadata_id].name
-                if ":" not in label:
+                if ":" not in label or "::" in label:  # the executor's own events ("ExecutorState::Process")
                     continue
                 name, op_type = label.rsplit(":", 1)
                 ms = event.duration_ps / 1e9 / steps
