@@ -41,3 +41,32 @@ def test_train_saves_each_epoch_and_continues_a_finished_model(tmp_path):
                                  str(tmp_path / "again"), verbose=0)
     for a, b in zip(longer["epochs"], again["epochs"]):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+
+
+def test_epoch_inputs_train_as_keras_batching_of_the_arrays():
+    """The same batches in the same order as `fit` on the arrays: one epoch
+    of each from equal weights ends at the same weights. On TensorFlow the
+    inputs are tf.data pipelines with autotuning off."""
+    import keras
+
+    x, y = synth.images_and_labels(20, seed=4, size=8)
+    x = x.astype("float32") / 255.0
+    inputs = training.epoch_inputs(x, y, x[:6], y[:6], batch_size=8)
+    if keras.backend.backend() == "tensorflow":
+        assert inputs["x"].options().autotune.enabled is False
+        assert inputs["validation_data"].options().autotune.enabled is False
+        assert [len(batch[1]) for batch in inputs["x"]] == [8, 8, 4]
+    else:
+        assert inputs["x"] is x and inputs["batch_size"] == 8 and inputs["shuffle"] is False
+
+    def trained(**data):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(**data, epochs=1, verbose=0)
+        return model.get_weights(), history.history
+
+    ours, theirs = trained(**inputs), trained(x=x, y=y, batch_size=8, shuffle=False, validation_data=(x[:6], y[:6]))
+    for a, b in zip(ours[0], theirs[0]):
+        np.testing.assert_array_equal(a, b)
+    assert ours[1] == theirs[1]

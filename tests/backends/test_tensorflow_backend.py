@@ -178,33 +178,37 @@ def test_native_batch_norm_matches_numpy(rng, shape):
     np.testing.assert_allclose(grad_x.numpy(), expected_x, **tolerance)
 
 
+def _second_order_terms(fn, x, first, second):
+    """Second-order derivatives of sum(sin(fn(x, first, second))): reverse
+    over reverse (of the squared gradients' sum, for all three) and forward
+    over reverse (x's gradient along ones for x and `first`)."""
+    arguments = [x, first, second]
+
+    def loss():
+        return tf.reduce_sum(tf.sin(fn(*arguments)))
+
+    with tf.GradientTape() as outer:
+        outer.watch(arguments)
+        with tf.GradientTape() as inner:
+            inner.watch(arguments)
+            value = loss()
+        grads = inner.gradient(value, arguments)
+        total = sum(tf.reduce_sum(g**2) for g in grads)
+    reverse = outer.gradient(total, arguments)
+    with tf.autodiff.ForwardAccumulator([x, first], [tf.ones_like(x), tf.ones_like(first)]) as accumulator:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss()
+        grad_x = tape.gradient(value, x)
+    return [g.numpy() for g in reverse] + [accumulator.jvp(grad_x).numpy()]
+
+
 def test_native_batch_norm_gradients_of_gradients_match_the_plain_ops(rng):
-    # Second order, reverse over reverse and forward over reverse (float64:
-    # the differences are rounding only).
+    # float64: the differences are rounding only.
     x = tf.constant(rng.normal(1.0, 2.0, (3, 4, 5, 6)))
     gamma, beta = tf.constant(rng.uniform(0.5, 2.0, 6)), tf.constant(rng.normal(size=6))
-
-    def hessian_terms(batch_norm):
-        def loss():
-            return tf.reduce_sum(tf.sin(batch_norm(x, gamma, beta, 1e-3)[0]))
-
-        with tf.GradientTape() as outer:
-            outer.watch([x, gamma, beta])
-            with tf.GradientTape() as inner:
-                inner.watch([x, gamma, beta])
-                value = loss()
-            grads = inner.gradient(value, [x, gamma, beta])
-            total = sum(tf.reduce_sum(g**2) for g in grads)
-        reverse = outer.gradient(total, [x, gamma, beta])
-        with tf.autodiff.ForwardAccumulator([x, gamma], [tf.ones_like(x), tf.ones_like(gamma)]) as accumulator:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                value = loss()
-            grad_x = tape.gradient(value, x)
-        return [g.numpy() for g in reverse] + [accumulator.jvp(grad_x).numpy()]
-
-    native = hessian_terms(tensorflow_backend._native_batch_norm)
-    plain = hessian_terms(_plain_batch_norm)
+    native = _second_order_terms(lambda *a: tensorflow_backend._native_batch_norm(*a, 1e-3)[0], x, gamma, beta)
+    plain = _second_order_terms(lambda *a: _plain_batch_norm(*a, 1e-3)[0], x, gamma, beta)
     for ours, theirs in zip(native, plain):
         np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8)
 
@@ -320,31 +324,10 @@ def test_native_dense_relu_matches_numpy(rng, shape):
 
 
 def test_native_dense_relu_gradients_of_gradients_match_the_plain_ops(rng):
-    # Second order, reverse over reverse and forward over reverse (float64).
     x = tf.constant(rng.normal(size=(3, 4, 5, 3)))
     kernel, bias = tf.constant(rng.normal(size=(3, 6))), tf.constant(rng.normal(size=6))
-
-    def hessian_terms(dense_relu):
-        def loss():
-            return tf.reduce_sum(tf.sin(dense_relu(x, kernel, bias)))
-
-        with tf.GradientTape() as outer:
-            outer.watch([x, kernel, bias])
-            with tf.GradientTape() as inner:
-                inner.watch([x, kernel, bias])
-                value = loss()
-            grads = inner.gradient(value, [x, kernel, bias])
-            total = sum(tf.reduce_sum(g**2) for g in grads)
-        reverse = outer.gradient(total, [x, kernel, bias])
-        with tf.autodiff.ForwardAccumulator([x, kernel], [tf.ones_like(x), tf.ones_like(kernel)]) as accumulator:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                value = loss()
-            grad_x = tape.gradient(value, x)
-        return [g.numpy() for g in reverse] + [accumulator.jvp(grad_x).numpy()]
-
-    native = hessian_terms(tensorflow_backend.dense_relu)
-    plain = hessian_terms(_plain_dense_relu)
+    native = _second_order_terms(tensorflow_backend.dense_relu, x, kernel, bias)
+    plain = _second_order_terms(_plain_dense_relu, x, kernel, bias)
     for ours, theirs in zip(native, plain):
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
 

@@ -194,13 +194,9 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, label=No
             callbacks.append(EpochProgress(epoch + 1, config.epochs, label, log=log))
         started = time.perf_counter()
         result = model.fit(
-            images.astype("float32") / 255.0,
-            y_train[order],
-            batch_size=config.batch_size,
+            **epoch_inputs(images.astype("float32") / 255.0, y_train[order], x_test, y_test, config.batch_size),
             epochs=epoch + 1,
             initial_epoch=epoch,
-            shuffle=False,
-            validation_data=(x_test, y_test),
             callbacks=callbacks,
             verbose=0,
         )
@@ -230,6 +226,33 @@ def train_model(name, dataset, config, model_dir, verbose=1, log=print, label=No
     atomic_write_json(history_path, history)
     _remove(model_dir, previous)
     return history
+
+
+def epoch_inputs(x, y, x_val, y_val, batch_size):
+    """`model.fit`'s data arguments for one epoch: `(x, y)` in order, in
+    batches of `batch_size`, and `(x_val, y_val)` to validate on.
+
+    On TensorFlow, `tf.data` pipelines with tf.data's autotuning off;
+    elsewhere the arrays, which Keras batches itself. Keras batches arrays
+    on TensorFlow through autotuned pipelines, and since every epoch is one
+    `fit` call, every epoch builds and tears down its pipelines: with
+    autotuning on, about half of the epochs of a run took several seconds
+    longer, all of it spent after the epoch's last callback (`fit`
+    returning, its pipelines going away); with it off, none did
+    (`docs/benchmarks.md`, "Whole networks"). The batches are the same
+    either way.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return dict(x=x, y=y, batch_size=batch_size, shuffle=False, validation_data=(x_val, y_val))
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+
+    def batches(*arrays):
+        return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size).prefetch(1).with_options(options)
+
+    return dict(x=batches(x, y), shuffle=False, validation_data=batches(x_val, y_val))
 
 
 def _remove(folder, name):

@@ -16,6 +16,7 @@
 
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -40,7 +41,8 @@ class BlockCache {
       const long long value = std::strtoll(setting, &end, 10);
       if (end != setting && value >= 0) megabytes = value;
     }
-    capacity_ = static_cast<size_t>(megabytes) << 20;
+    constexpr long long kMostMegabytes = 1LL << 30;  // a petabyte: past it, << 20 could overflow
+    capacity_ = static_cast<size_t>(std::min(megabytes, kMostMegabytes)) << 20;
   }
 
   size_t capacity() const { return capacity_; }
