@@ -235,12 +235,10 @@ def epoch_inputs(x, y, x_val, y_val, batch_size):
     On TensorFlow, `tf.data` pipelines with tf.data's autotuning off;
     elsewhere the arrays, which Keras batches itself. Keras batches arrays
     on TensorFlow through autotuned pipelines, and since every epoch is one
-    `fit` call, every epoch builds and tears down its pipelines: with
-    autotuning on, about half of the epochs of a run took several seconds
-    longer, all of it spent after the epoch's last callback (`fit`
-    returning, its pipelines going away); with it off, none did
-    (`docs/benchmarks.md`, "Whole networks"). The batches are the same
-    either way.
+    `fit` call, every epoch builds and tears down its pipelines, and with
+    autotuning on about half of a run's epochs took a fixed extra time
+    outside the training steps (`docs/design.md`, "Each epoch's batches on
+    TensorFlow"). The batches are the same either way.
     """
     if keras.backend.backend() != "tensorflow":
         return dict(x=x, y=y, batch_size=batch_size, shuffle=False, validation_data=(x_val, y_val))
