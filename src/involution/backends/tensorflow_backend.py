@@ -296,19 +296,25 @@ def _cpu_only():
     return not tf.config.list_logical_devices("GPU")
 
 
+def _native_op_support(inputs, portable):
+    """Why this package's C++ ops cannot take `inputs` here, or None;
+    `portable` names what runs instead in compiled and exported graphs."""
+    if tf.as_dtype(inputs.dtype) not in (tf.float32, tf.float64) or not _cpu_only():
+        return f"it runs float32/float64 on CPU-only TensorFlow (received {tf.as_dtype(inputs.dtype).name})"
+    if _compiled_or_exported_graph():
+        return f"XLA-compiled and exported graphs get {portable}"
+    if _native_ops() is None:
+        return "the fused CPU kernels could not be built (see the warning)"
+    return None
+
+
 def pool_support(inputs, data_format, size, strides):
     size, strides = pair(size), pair(strides if strides is not None else size)
     if size != strides or size[0] != size[1]:
         return "it pools square tiles only (pool_size == strides, equal sides)"
     if data_format != "channels_last":
         return "it pools channels_last maps only"
-    if tf.as_dtype(inputs.dtype) not in (tf.float32, tf.float64) or not _cpu_only():
-        return f"it runs float32/float64 on CPU-only TensorFlow (received {tf.as_dtype(inputs.dtype).name})"
-    if _compiled_or_exported_graph():
-        return "XLA-compiled and exported graphs get Keras' pooling"
-    if _native_ops() is None:
-        return "the fused CPU kernels could not be built (see the warning)"
-    return None
+    return _native_op_support(inputs, "Keras' pooling")
 
 
 def pool(inputs, size, strides, mode, data_format="channels_last"):
@@ -341,13 +347,7 @@ def _dense_relu_grad_transposes(x, kernel, y, grad, ct_x, ct_kernel, ct_bias):
 
 
 def dense_relu_support(inputs, kernel):
-    if tf.as_dtype(inputs.dtype) not in (tf.float32, tf.float64) or not _cpu_only():
-        return f"it runs float32/float64 on CPU-only TensorFlow (received {tf.as_dtype(inputs.dtype).name})"
-    if _compiled_or_exported_graph():
-        return "XLA-compiled and exported graphs get Keras' dense layer"
-    if _native_ops() is None:
-        return "the fused CPU kernels could not be built (see the warning)"
-    return None
+    return _native_op_support(inputs, "Keras' dense layer")
 
 
 def dense_relu(inputs, kernel, bias):
