@@ -17,9 +17,20 @@ gets it; `--allocator kept` runs them with malloc keeping freed memory, as
 resumes where it stopped (`--fresh` starts over); `--markdown` writes the
 table.
 
+`--without PATHS` measures what each CPU fast path saves instead: for every
+path, backend (Keras' default compile) and model, the training step with
+the path against the same step without it. Kernel paths (`batch_norm`,
+`pool`, `dense`) are switched off for the second of two copies of the
+model in one process (`involution.config.fast_paths(False, ...)` around its
+steps, so that traced steps trace without it); process-wide ones
+(`block_cache`: `INVOLUTION_BLOCK_CACHE_MB=0`; `malloc`: glibc's default
+against `involution compare`'s kept memory) alternate processes with and
+without it, each timing the model beside `conv`.
+
 Usage:
     python benchmarks/networks.py --json networks.json --markdown networks.md
     python benchmarks/networks.py --backends tensorflow --models conv,invnet --jit off
+    python benchmarks/networks.py --models invnet,rednet26_cifar_tiny --without batch_norm,pool,dense,block_cache,malloc
 """
 
 import argparse
@@ -92,7 +103,106 @@ def worker(model_name, jit, batch_size, warmup, repeats, budget):
     }
 
 
+def worker_without(model_name, path, batch_size, warmup, repeats, budget):
+    """The model's step with kernel path `path` on and off, two copies in one process."""
+    import numpy as np
+
+    import keras
+    from involution import config
+    from involution.models import create_model
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (batch_size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, (batch_size, 1))
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = create_model(model_name, input_shape=(32, 32, 3), num_classes=10)
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        return model
+
+    models = {"with": build(), "without": build()}
+
+    def step(setting):
+        start = time.perf_counter()
+        if setting == "with":
+            models[setting].train_on_batch(x, y)
+        else:
+            with config.fast_paths(False, names=[path]):
+                models[setting].train_on_batch(x, y)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for setting in models:
+            step(setting)
+    times = {setting: [] for setting in models}
+    started = time.perf_counter()
+    while len(times["with"]) < repeats:
+        for setting in models:
+            step(setting)
+            times[setting] += [step(setting) for _ in range(STEPS_PER_ROUND)]
+        if len(times["with"]) >= 3 and time.perf_counter() - started > budget:
+            break
+    return {"with_ms": 1000 * statistics.median(times["with"]),
+            "without_ms": 1000 * statistics.median(times["without"]), "steps": len(times["with"])}
+
+
 # Driver ----------------------------------------------------------------------------
+
+# What turns each process-wide path off in a worker's environment.
+PROCESS_PATHS = {"block_cache": {"INVOLUTION_BLOCK_CACHE_MB": "0"}, "malloc": None}
+KERNEL_PATHS = ("batch_norm", "pool", "dense")
+# The backends whose code each path changes.
+PATH_BACKENDS = {"batch_norm": ("tensorflow", "torch"), "pool": ("tensorflow", "jax", "torch"),
+                 "dense": ("tensorflow", "torch"), "block_cache": ("tensorflow", "torch"),
+                 "malloc": ("tensorflow", "jax", "torch")}
+
+
+def run_without(backend, model_name, path, args, rounds=2):
+    """One cell of `--without`: the model's median step with and without `path`."""
+    jit = KERAS_DEFAULT[backend]
+    common = ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--repeats",
+              str(args.repeats), "--budget", str(args.budget)]
+    if path in KERNEL_PATHS:
+        return run_worker(__file__, backend, ["--worker-without", model_name, path, *common], args.timeout,
+                          dict.fromkeys(memory.ENVIRONMENT))
+    # Alternating processes; each times the model beside conv, which neither path touches
+    # except malloc, so the ratio of the two processes' conv steps is reported too.
+    cells = {"with": [], "without": []}
+    for _ in range(rounds):
+        for setting in ("with", "without"):
+            if path == "malloc":
+                environment = memory.ENVIRONMENT if setting == "with" else dict.fromkeys(memory.ENVIRONMENT)
+            else:
+                environment = dict(dict.fromkeys(memory.ENVIRONMENT),
+                                   **({} if setting == "with" else PROCESS_PATHS[path]))
+            cell = run_worker(__file__, backend, ["--worker", model_name, jit, *common], args.timeout, environment)
+            if "error" in cell:
+                return cell
+            cells[setting].append(cell)
+    return {"with_ms": statistics.median(c["model_ms"] for c in cells["with"]),
+            "without_ms": statistics.median(c["model_ms"] for c in cells["without"]),
+            "conv_with_ms": statistics.median(c["conv_ms"] for c in cells["with"]),
+            "conv_without_ms": statistics.median(c["conv_ms"] for c in cells["without"]),
+            "steps": sum(c["steps"] for c in cells["with"])}
+
+
+def format_without(results, backends, models, paths):
+    lines = ["| path | backend | model | with | without | with / without |", "|---|---|---|---:|---:|---:|"]
+    for path in paths:
+        for backend in backends:
+            for name in models:
+                cell = results.get(backend, {}).get("without", {}).get(path, {}).get(name)
+                if cell is None:
+                    continue
+                if "error" in cell:
+                    lines.append(f"| `{path}` | {backend} | `{name}` | failed | | |")
+                    continue
+                ratio = cell["with_ms"] / cell["without_ms"]
+                lines.append(f"| `{path}` | {backend} | `{name}` | {_ms(cell['with_ms'])} ms | "
+                             f"{_ms(cell['without_ms'])} ms | **{ratio:.2f}** |")
+    return "\n".join(lines)
 
 
 def run_cell(backend, model_name, jit, args):
@@ -191,9 +301,16 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here after every cell, and resume from them")
     parser.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     parser.add_argument("--markdown", help="also write the table here")
+    parser.add_argument("--without", help="comma-separated paths to measure with and without: "
+                        + ", ".join((*KERNEL_PATHS, *PROCESS_PATHS)) + " (Keras' default compile)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "JIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-without", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.worker_without:
+        result = worker_without(*args.worker_without, args.batch_size, args.warmup, args.repeats, args.budget)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     if args.worker:
         model_name, jit = args.worker
         result = worker(model_name, jit, args.batch_size, args.warmup, args.repeats, args.budget)
@@ -217,6 +334,8 @@ def main(argv=None):
     if any(results.get(key, value) != value for key, value in settings.items() if key != "machine"):
         parser.error(f"{args.json} holds a run with other settings; pass --fresh or another --json")
     results.update(settings)
+    if args.without:
+        return main_without(args, parser, results, backends, [m for m in models if m != BASELINE])
     # Model by model, so that an interrupted run has every backend's cells
     # for the models it reached.
     for name in models:
@@ -243,6 +362,37 @@ def main(argv=None):
             f"`train_on_batch` step: the `conv` row alone, every other cell the model's step / the conv step measured "
             f"alongside it in the same process = their ratio.\n\n"
             f"{table}\n\n{summary(results, backends)}\n")
+    print("\n" + text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+
+
+def main_without(args, parser, results, backends, models):
+    paths = args.without.split(",")
+    for path in paths:
+        if path not in KERNEL_PATHS and path not in PROCESS_PATHS:
+            parser.error(f"--without takes {', '.join((*KERNEL_PATHS, *PROCESS_PATHS))}. Received: {path}")
+    for path in paths:
+        for backend in backends:
+            if backend not in PATH_BACKENDS[path]:
+                continue
+            for name in models:
+                cells = results.setdefault(backend, {}).setdefault("without", {}).setdefault(path, {})
+                if name in cells and "error" not in cells[name]:
+                    continue
+                started = time.perf_counter()
+                cells[name] = cell = run_without(backend, name, path, args)
+                _save_json(args.json, results)
+                text = (f"failed: {cell['error']}" if "error" in cell else
+                        f"with {cell['with_ms']:7.1f} ms  without {cell['without_ms']:7.1f} ms  "
+                        f"{cell['with_ms'] / cell['without_ms']:5.2f}")
+                print(f"{path:12s} {backend:10s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",
+                      flush=True)
+    text = (f"{results['machine']}; batch {args.batch_size} of 32×32×3, Adam, Keras' default compile; median ms "
+            f"per `train_on_batch` step with each path and without it (kernel paths: two copies of the model in "
+            f"one process; block cache and malloc: alternating processes).\n\n"
+            f"{format_without(results, backends, models, paths)}\n")
     print("\n" + text)
     if args.markdown:
         with open(args.markdown, "w") as f:

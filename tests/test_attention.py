@@ -111,14 +111,14 @@ def test_unknown_sizes_match_known_sizes(rng):
 @pytest.mark.parametrize("kernel_size,stride,heads,dilation", CASES)
 @pytest.mark.parametrize("key_dim", [3, 8])
 def test_fused_logits_and_gradients_match_reference(rng, kernel_size, stride, heads, dilation, key_dim):
-    from involution.attention import _fast_window_logits, window_logits_reference
-    from involution.ops import backend_module
+    from involution import registry
+    from involution.attention import window_logits, window_logits_reference
 
-    backend = backend_module()
     out_h, out_w = -(-7 // stride), -(-8 // stride)
     queries = rng.standard_normal((2, out_h, out_w, heads, key_dim))
     keys = rng.standard_normal((2, 7, 8, heads, key_dim))
-    reason = backend.window_correlation_support(keras.ops.convert_to_tensor(keys), keras.ops.convert_to_tensor(queries))
+    entry, = registry.entries("window_correlation", keras.backend.backend())
+    reason = registry.availability(entry)
     if reason is not None:
         pytest.skip(reason)
     upstream = rng.standard_normal((2, out_h, out_w, heads, kernel_size**2))
@@ -131,7 +131,7 @@ def test_fused_logits_and_gradients_match_reference(rng, kernel_size, stride, he
                              queries, keys)
         return [keras.ops.convert_to_numpy(values), *grads]
 
-    fused = logits_and_gradients(lambda *args: _fast_window_logits(backend, *args))
+    fused = logits_and_gradients(lambda *args: window_logits(*args, implementation=entry.name)[0])
     expected = logits_and_gradients(window_logits_reference)
     # float64 throughout: the two differ by rounding only.
     for ours, theirs in zip(fused, expected):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import involution
-from involution import config
+from involution import config, registry
 from involution import ops as involution_ops
 from involution.models import create_model
 
@@ -23,16 +23,17 @@ def _restore_switches():
 
 @pytest.fixture
 def apply_calls(monkeypatch):
-    """Counts the backend fast apply path's calls."""
-    backend = involution_ops.backend_module()
+    """Records the apply kernels' calls: (name, kernel_size, stride, dilation, groups, data_format)."""
     calls = []
-    original = backend.involution_apply
+    original = registry.Kernel.__call__
 
-    def counting(*args):
-        calls.append(args[2:])
-        return original(*args)
+    def counting(entry, **arguments):
+        if entry.op == "apply":
+            calls.append((entry.name, *(arguments[name] for name in
+                                         ("kernel_size", "stride", "dilation", "groups", "data_format"))))
+        return original(entry, **arguments)
 
-    monkeypatch.setattr(backend, "involution_apply", counting)
+    monkeypatch.setattr(registry.Kernel, "__call__", counting)
     return calls
 
 
@@ -89,32 +90,32 @@ def test_bad_switch_arguments():
 
 def test_fast_raises_where_a_fast_path_cannot_run():
     from involution.attention import window_logits
-    from involution.pooling import MaxPooling2D
-    from involution.normalization import BatchNormalization
+    from involution.pooling import FusedMaxPooling2D as MaxPooling2D
+    from involution.normalization import FusedBatchNormalization as BatchNormalization
 
     queries = keras.ops.zeros((1, 4, 4, 2, 3))
     keys = keras.ops.zeros((1, 4, 4, 2, 3))
     x = keras.ops.zeros((2, 4, 4, 8))
     if BACKEND == "jax":
         # JAX has the fast apply step and tiling pools only.
-        with pytest.raises(ValueError, match="no fast window_correlation path"):
+        with pytest.raises(ValueError, match="has no window_correlation kernel"):
             window_logits(queries, keys, 3, 1, 1, implementation="fast")
-        with pytest.raises(ValueError, match="no fast batch_norm path"):
+        with pytest.raises(ValueError, match="has no batch_norm kernel"):
             BatchNormalization(implementation="fast")(x, training=True)
     else:
-        with pytest.raises(ValueError, match="cannot run the fast batch_norm path here: it normalizes the last"):
+        with pytest.raises(ValueError, match="cannot run here: it normalizes the last"):
             BatchNormalization(axis=1, implementation="fast")(x, training=True)
-        with pytest.raises(ValueError, match="cannot run the fast window_correlation path here: it runs float32"):
+        with pytest.raises(ValueError, match=r"cannot run the .window_correlation. op here \(\w+-cpp: it runs float32"):
             window_logits(keras.ops.cast(queries, "float16"), keras.ops.cast(keys, "float16"), 3, 1, 1,
                           implementation="fast")
     if BACKEND == "torch":
-        with pytest.raises(ValueError, match="cannot run the fast pool path here: channels_first"):
+        with pytest.raises(ValueError, match=r"cannot run the .pool. op here \(torch-permuted: channels_first"):
             MaxPooling2D(2, data_format="channels_first", implementation="fast")(x)
     elif BACKEND == "jax":
-        with pytest.raises(ValueError, match=r"cannot run the fast pool path here: its windows overlap"):
+        with pytest.raises(ValueError, match=r"cannot run the .pool. op here \(jax-tiles: its windows overlap"):
             MaxPooling2D(3, strides=2, implementation="fast")(x)
     else:
-        with pytest.raises(ValueError, match="cannot run the fast pool path here: it pools square tiles only"):
+        with pytest.raises(ValueError, match=r"cannot run the .pool. op here \(tensorflow-cpp: it pools square tiles only"):
             MaxPooling2D(3, strides=2, implementation="fast")(x)
     # The references always run.
     window_logits(queries, keys, 3, 1, 1, implementation="reference")

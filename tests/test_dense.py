@@ -1,10 +1,10 @@
-"""`involution.dense.Dense` against Keras' layer and a float64 NumPy reference."""
+"""`involution.dense.FusedDense` against Keras' layer and a float64 NumPy reference."""
 
 import keras
 import numpy as np
 import pytest
 
-from involution.dense import Dense
+from involution.dense import FusedDense as Dense
 from involution.ops import DENSE_RELU_MAX_FEATURES
 from tests.backend_utils import gradients
 
@@ -86,7 +86,7 @@ def test_other_activations_and_wide_inputs_are_keras_dense(rng):
         with pytest.raises(ValueError, match=f"at most {DENSE_RELU_MAX_FEATURES} input features"):
             Dense(4, activation="relu", implementation="fast")(x)
     else:
-        with pytest.raises(ValueError, match=f"the '{BACKEND}' backend has no fast dense path"):
+        with pytest.raises(ValueError, match=f"the '{BACKEND}' backend has no dense kernel"):
             Dense(4, activation="relu", implementation="fast")(x[:, :3])
 
 

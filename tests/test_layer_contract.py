@@ -3,9 +3,11 @@
 import keras
 import pytest
 
-from involution import (BatchNormalization, Conv2D, Involution, InvolutionKernelGenerator, LocalAttentionKernelGenerator,
-                        MaxPooling2D)
-from involution.normalization import LayerNormalization
+from involution import Involution, InvolutionKernelGenerator, LocalAttentionKernelGenerator
+from involution.convolution import PortableConv2D as Conv2D
+from involution.normalization import FusedBatchNormalization as BatchNormalization
+from involution.pooling import FusedMaxPooling2D as MaxPooling2D
+from involution.normalization import PortableLayerNormalization as LayerNormalization
 from tests.layer_test import run_layer_test
 
 CASES = {

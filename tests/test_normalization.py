@@ -1,10 +1,10 @@
-"""`involution.normalization.BatchNormalization` against NumPy and Keras' own layer."""
+"""`involution.normalization.FusedBatchNormalization` against NumPy and Keras' own layer."""
 
 import keras
 import numpy as np
 import pytest
 
-from involution.normalization import BatchNormalization
+from involution.normalization import FusedBatchNormalization as BatchNormalization
 from tests.backend_utils import weight_gradients
 
 
@@ -42,7 +42,8 @@ def test_training_step_matches_numpy(rng, shape):
     layer = BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=dtype)
     layer.build(shape)
     # On PyTorch and TensorFlow this is the fused path; on JAX Keras' own code.
-    assert layer._use_fused_training(x.astype(dtype), None) == (keras.backend.backend() in ("torch", "tensorflow"))
+    fused = layer._fused_kernel(keras.ops.convert_to_tensor(x.astype(dtype)), None)
+    assert (fused is not None) == (keras.backend.backend() in ("torch", "tensorflow"))
     layer.set_weights([gamma, beta, moving_mean, moving_variance])
     tolerance = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x.astype(dtype), training=True)), outputs,
@@ -112,7 +113,7 @@ def test_config_round_trip():
 
 @pytest.mark.parametrize("axis", [1, -1, 2])
 def test_layer_normalization_normalises_any_single_axis(rng, axis):
-    from involution.normalization import LayerNormalization
+    from involution.normalization import PortableLayerNormalization as LayerNormalization
 
     x = rng.normal(size=(2, 5, 4, 3)).astype("float32")
     layer = LayerNormalization(axis=axis, epsilon=1e-3)

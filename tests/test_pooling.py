@@ -1,4 +1,4 @@
-"""`involution.pooling.MaxPooling2D` against Keras' layer."""
+"""`involution.pooling.FusedMaxPooling2D` against Keras' layer."""
 
 import keras
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_max_pooling_matches_keras(rng, padding):
-    from involution.pooling import MaxPooling2D
+    from involution.pooling import FusedMaxPooling2D as MaxPooling2D
 
     x = rng.normal(size=(2, 7, 9, 5)).astype("float32")
     pooling = MaxPooling2D(3, 2, padding=padding)

@@ -18,8 +18,8 @@ import numpy as np
 from keras import ops
 
 from involution import ops as involution_ops
-from involution.config import check_implementation
-from involution.convolution import Conv2D
+from involution import registry
+from involution.convolution import PortableConv2D
 from involution.geometry import padding, tap_offsets
 from involution.layer import Involution, _check_input_shape, _positive_int
 
@@ -30,9 +30,9 @@ def window_logits(queries, keys, kernel_size, stride, dilation, implementation="
     Args:
         queries: `(B, Ho, Wo, G, d)`, one query per output pixel and group.
         keys: `(B, H, W, G, d)`.
-        implementation: `"auto"`, `"reference"` or `"fast"`: whether the
-            backend's fused window correlation computes the logits
-            (`involution.config`, fast path `"window_correlation"`).
+        implementation: `"auto"`, `"reference"`, `"fast"` or a kernel's
+            name: whether a kernel of `involution.registry` (op
+            `"window_correlation"`) computes the logits.
 
     Returns:
         `(logits (B, Ho, Wo, G, K*K), valid (1, Ho, Wo, 1, K*K))`: `valid`
@@ -46,21 +46,22 @@ def window_logits(queries, keys, kernel_size, stride, dilation, implementation="
         )
     else:  # known sizes: a constant, no ops per call
         valid = _valid_taps(keys.shape[1:3], queries.shape[1:3], kernel_size, stride, dilation)
-    backend = involution_ops.backend_module()
-    support = getattr(backend, "window_correlation_support", None)
-    if involution_ops.use_fast_path(
-        "window_correlation", implementation, support and (lambda: _window_support(support, queries, keys))
-    ):
-        logits = _fast_window_logits(backend, queries, keys, kernel_size, stride, dilation)
-    else:
-        logits = window_logits_reference(queries, keys, kernel_size, stride, dilation)
-    return logits, valid
-
-
-def _window_support(support, queries, keys):
     if None in queries.shape[1:] or None in keys.shape[1:]:
-        return "it needs known feature-map sizes"
-    return support(keys, queries)
+        if implementation not in ("auto", "reference"):
+            raise ValueError(
+                "The window-correlation kernels need known feature-map sizes. Use 'auto' or 'reference'. "
+                f"Received: implementation={implementation!r}"
+            )
+        return window_logits_reference(queries, keys, kernel_size, stride, dilation), valid
+    # The kernels take the channels-last maps with the heads side by side.
+    _, out_h, out_w, groups, key_dim = queries.shape
+    arguments = dict(keys=ops.reshape(keys, (-1, *keys.shape[1:3], groups * key_dim)),
+                     queries=ops.reshape(queries, (-1, out_h, out_w, groups * key_dim)),
+                     kernel_size=kernel_size, stride=stride, dilation=dilation, groups=groups)
+    kernel = registry.choose("window_correlation", implementation, **arguments)
+    if kernel is None:
+        return window_logits_reference(queries, keys, kernel_size, stride, dilation), valid
+    return ops.reshape(kernel(**arguments), (-1, out_h, out_w, groups, kernel_size * kernel_size)), valid
 
 
 def _valid_taps(size, out_size, kernel_size, stride, dilation):
@@ -95,18 +96,6 @@ def _windows(queries, kernel_size, stride, dilation):
         yield (slice(None), slice(row, row + row_span, stride), slice(col, col + col_span, stride))
 
 
-def _fast_window_logits(backend, queries, keys, kernel_size, stride, dilation):
-    """The backend's fused window correlation, in the heads layout."""
-    _, out_h, out_w, groups, key_dim = queries.shape
-    height, width = keys.shape[1:3]
-    logits = backend.window_correlation(
-        ops.reshape(keys, (-1, height, width, groups * key_dim)),
-        ops.reshape(queries, (-1, out_h, out_w, groups * key_dim)),
-        kernel_size, stride, dilation, groups,
-    )
-    return ops.reshape(logits, (-1, out_h, out_w, groups, kernel_size * kernel_size))
-
-
 @keras.saving.register_keras_serializable(package="involution")
 class LocalAttentionKernelGenerator(keras.layers.Layer):
     """Generates involution kernels by local self-attention.
@@ -126,9 +115,9 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
         key_dim: int, the query/key size per head.
         dilation: int, the window's dilation (must match the involution's).
         data_format: `"channels_last"`, `"channels_first"` or None.
-        implementation: `"auto"`, `"reference"` or `"fast"`: whether the
-            query-key logits come from the backend's fused window
-            correlation (see `involution.config`).
+        implementation: `"auto"`, `"reference"`, `"fast"` or a kernel's
+            name: whether the query-key logits come from a kernel of
+            `involution.registry` (op `"window_correlation"`).
         **kwargs: base layer arguments.
 
     Input shape:
@@ -147,10 +136,13 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
     (2, 16, 16, 32)
     """
 
+    # A kernel's name in `implementation` selects kernels of the op below.
+    KERNEL_OP = "window_correlation"
+
     def __init__(self, kernel_size, stride=1, group_number=1, key_dim=8, dilation=1,
                  data_format=None, implementation="auto", **kwargs):
         super().__init__(**kwargs)
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation, "window_correlation")
         self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
         self.stride = _positive_int(stride, "stride")
         self.group_number = _positive_int(group_number, "group_number")
@@ -164,8 +156,8 @@ class LocalAttentionKernelGenerator(keras.layers.Layer):
             input_shape = (input_shape[0], input_shape[2], input_shape[3], input_shape[1])
         width = self.group_number * self.key_dim
         common = dict(dtype=self.dtype_policy, use_bias=False)
-        self.query = Conv2D(width, 1, name="query", **common)
-        self.key = Conv2D(width, 1, name="key", **common)
+        self.query = PortableConv2D(width, 1, name="query", **common)
+        self.key = PortableConv2D(width, 1, name="key", **common)
         self.query.build(input_shape)
         self.key.build(input_shape)
         self.relative_position = self.add_weight(

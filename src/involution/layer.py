@@ -4,10 +4,10 @@ import keras
 from keras import ops
 
 from involution import ops as involution_ops
-from involution.config import check_implementation
-from involution.convolution import Conv2D
+from involution import registry
+from involution.convolution import PortableConv2D
 from involution.geometry import channel_axis
-from involution.normalization import BatchNormalization, LayerNormalization
+from involution.normalization import FusedBatchNormalization, PortableLayerNormalization
 
 
 _positive_int = involution_ops.check_positive_int
@@ -76,8 +76,9 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         span_regularizer: regularizer of that kernel (None for none). An
             L2 penalty pulls the generated kernels towards the static bias
             kernel: it limits how much the kernels vary with the input.
-        implementation: `"auto"`, `"reference"` or `"fast"`, for its batch
-            normalization and stride pooling (see `involution.config`).
+        implementation: `"auto"`, `"reference"`, `"fast"` or a kernel's
+            name (`involution.registry`), for its batch normalization and
+            stride pooling.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -89,6 +90,9 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         group_number * kernel_size**2)` for channels_last, channels first
         otherwise.
     """
+
+    # A kernel's name in `implementation` selects kernels of the op below.
+    KERNEL_OP = None
 
     def __init__(
         self,
@@ -107,7 +111,7 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation)
         self.span_initializer = keras.initializers.get(span_initializer)
         self.span_bias_initializer = keras.initializers.get(span_bias_initializer)
         self.span_regularizer = keras.regularizers.get(span_regularizer)
@@ -143,22 +147,22 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 f"one channel. Received: reduction_ratio={self.reduction_ratio}"
             )
         common = dict(data_format=self.data_format, dtype=self.dtype_policy)
-        self.reduce = Conv2D(
+        self.reduce = PortableConv2D(
             channel // self.reduction_ratio, 1, name="reduce", **common
         )
         axis = channel_axis(self.data_format)
         if self.normalization == "batch":
-            self.norm = BatchNormalization(
+            self.norm = FusedBatchNormalization(
                 axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy,
-                implementation=self.implementation,
+                implementation=registry.for_op(self.implementation, "batch_norm"),
             )
         elif self.normalization == "layer":
-            self.norm = LayerNormalization(
+            self.norm = PortableLayerNormalization(
                 axis=axis, epsilon=1e-3, name="norm", dtype=self.dtype_policy
             )
         else:
             self.norm = None
-        self.span = Conv2D(
+        self.span = PortableConv2D(
             self.kernel_size * self.kernel_size * self.group_number,
             1,
             kernel_initializer=self.span_initializer,
@@ -177,7 +181,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = inputs
         if self.stride > 1:
-            x = involution_ops.average_pool_same(x, self.stride, self.data_format, self.implementation)
+            x = involution_ops.average_pool_same(x, self.stride, self.data_format,
+                                                 registry.for_op(self.implementation, "pool"))
         x = self._pointwise(self.reduce, x)
         if self.norm is not None:
             x = self.norm(x, training=training)
@@ -262,9 +267,10 @@ class Involution(keras.layers.Layer):
             like the Keras example. Defaults to False.
         kernel_generator: optional layer replacing the default generator
             (see above).
-        implementation: `"auto"`, `"reference"` or `"fast"`: which apply
-            path runs (see `involution.ops.involution_apply` and
-            `involution.config`); the default kernel generator takes it too.
+        implementation: `"auto"`, `"reference"`, `"fast"` or the name of
+            an apply kernel (`involution.registry`): which apply step runs
+            (see `involution.ops.involution_apply`); the default kernel
+            generator takes `"auto"`, `"reference"` and `"fast"` too.
         **kwargs: base layer keyword arguments (`name`, `dtype`,
             `trainable`, ...).
 
@@ -298,6 +304,9 @@ class Involution(keras.layers.Layer):
         Visual Recognition", CVPR 2021. https://arxiv.org/abs/2103.06255
     """
 
+    # A kernel's name in `implementation` selects kernels of the op below.
+    KERNEL_OP = "apply"
+
     def __init__(
         self,
         channel=None,
@@ -328,7 +337,7 @@ class Involution(keras.layers.Layer):
         self.dilation = _positive_int(dilation, "dilation")
         self.data_format = involution_ops.standardize_data_format(data_format)
         self.return_kernel = bool(return_kernel)
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation, "apply")
         if isinstance(kernel_generator, dict):
             kernel_generator = keras.saving.deserialize_keras_object(kernel_generator)
         if kernel_generator is not None and not isinstance(
@@ -348,7 +357,7 @@ class Involution(keras.layers.Layer):
                 channel=self.channel,
                 data_format=self.data_format,
                 dtype=self.dtype_policy,
-                implementation=self.implementation,
+                implementation=registry.for_op(self.implementation, None),
                 name="kernel_generator",
             )
         self.kernel_generator = kernel_generator
@@ -362,7 +371,7 @@ class Involution(keras.layers.Layer):
                 f"{tuple(input_shape)}). Received: "
                 f"group_number={self.group_number}"
             )
-        involution_ops.prepare_fast_paths()
+        involution_ops.prepare_kernels()
         if not self.kernel_generator.built:
             self.kernel_generator.build(tuple(input_shape))
         if self._custom_generator:

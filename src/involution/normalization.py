@@ -1,30 +1,31 @@
-"""Normalization layers: Keras' own, with a fast path or a fix.
+"""Normalization layers: Keras' own, with a fused kernel or a fix.
 
-`BatchNormalization` is `keras.layers.BatchNormalization` (same arguments,
-weights, statistics and results) whose training-mode call over the last
-axis runs as one fused op on PyTorch and TensorFlow, in place of Keras'
-dozen `keras.ops` passes forward and backward (`docs/design.md`); every
-other case (JAX, other axes, masks, renormalization, inference) is Keras'
-own code, which is also the fast path's tested reference.
-`LayerNormalization` is Keras' layer, working around a PyTorch-backend
-limitation for a channel axis that is not the last.
+`FusedBatchNormalization` is `keras.layers.BatchNormalization` (same
+arguments, weights, statistics and results) whose training-mode call over
+the last axis runs as one fused kernel on PyTorch and TensorFlow
+(`involution.registry`, op `"batch_norm"`), in place of Keras' dozen
+`keras.ops` passes forward and backward (`docs/design.md`); every other
+case (JAX, other axes, masks, renormalization, inference) is Keras' own
+code, which is also the kernels' tested reference.
+`PortableLayerNormalization` is Keras' layer, working around a
+PyTorch-backend limitation for a channel axis that is not the last.
 """
 
 import keras
 from keras import ops
 
-from involution import ops as involution_ops
-from involution.config import check_implementation
+from involution import registry
+from involution.saving import register_load_aliases
 
 
 @keras.saving.register_keras_serializable(package="involution")
-class BatchNormalization(keras.layers.BatchNormalization):
+class FusedBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a fused training step (PyTorch, TensorFlow).
 
     Args:
-        implementation: `"auto"`, `"reference"` (Keras' own code) or
-            `"fast"` (the fused training step; an error where it cannot
-            run). See `involution.config`, fast path `"batch_norm"`.
+        implementation: `"auto"`, `"reference"` (Keras' own code),
+            `"fast"` (a fused kernel; an error where none can run) or a
+            kernel's name (`involution.registry`, op `"batch_norm"`).
         **kwargs: those of `keras.layers.BatchNormalization`.
 
     Input shape:
@@ -36,43 +37,50 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Example:
 
     >>> x = np.random.rand(8, 4, 4, 16).astype("float32")
-    >>> BatchNormalization(momentum=0.5)(x, training=True).shape
+    >>> FusedBatchNormalization(momentum=0.5)(x, training=True).shape
     (8, 4, 4, 16)
     """
 
+    # A kernel's name in `implementation` selects kernels of the op below.
+    KERNEL_OP = "batch_norm"
+
     def __init__(self, implementation="auto", **kwargs):
         super().__init__(**kwargs)
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation, "batch_norm")
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or not self._use_fused_training(inputs, mask):
+        kernel = self._fused_kernel(inputs, mask) if training and self.trainable else None
+        if kernel is None:
             return super().call(inputs, training=training, mask=mask)
-        batch_norm_training = involution_ops.backend_module().batch_norm_training
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         gamma = ops.cast(self.gamma, inputs.dtype) if self.scale else None
         beta = ops.cast(self.beta, inputs.dtype) if self.center else None
-        outputs, mean, variance = batch_norm_training(inputs, gamma, beta, self.epsilon)
+        outputs, mean, variance = kernel(inputs=inputs, gamma=gamma, beta=beta, epsilon=self.epsilon)
         moving_mean = ops.cast(self.moving_mean, inputs.dtype)
         moving_variance = ops.cast(self.moving_variance, inputs.dtype)
         self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
-    def _use_fused_training(self, inputs, mask):
-        backend_support = getattr(involution_ops.backend_module(), "batch_norm_support", None)
-
-        def support():
-            if mask is not None:
-                return "it takes no mask"
-            if self.renorm or self.synchronized:
-                return "it does no renormalization or synchronization"
-            if self.axis not in (-1, len(inputs.shape) - 1):
-                return f"it normalizes the last axis only (received axis={self.axis})"
-            return backend_support(inputs)
-
-        return involution_ops.use_fast_path(
-            "batch_norm", self.implementation, backend_support and support
-        )
+    def _fused_kernel(self, inputs, mask):
+        """The registry's kernel for this training step, or None for Keras' code."""
+        reason = None
+        if mask is not None:
+            reason = "it takes no mask"
+        elif self.renorm or self.synchronized:
+            reason = "it does no renormalization or synchronization"
+        elif self.axis not in (-1, len(inputs.shape) - 1):
+            reason = f"it normalizes the last axis only (received axis={self.axis})"
+        if reason is not None:
+            if self.implementation not in ("auto", "reference"):
+                raise ValueError(
+                    f"The fused batch normalization cannot run here: {reason}. Use 'auto' or 'reference'. "
+                    f"Received: implementation={self.implementation!r}"
+                )
+            return None
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        return registry.choose("batch_norm", self.implementation, inputs=ops.cast(inputs, dtype), gamma=None,
+                               beta=None, epsilon=self.epsilon)
 
     def get_config(self):
         config = super().get_config()
@@ -81,7 +89,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package="involution")
-class LayerNormalization(keras.layers.LayerNormalization):
+class PortableLayerNormalization(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` that normalises any single axis on
     every backend.
 
@@ -105,3 +113,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
         outputs = ops.layer_normalization(moved, self.gamma, self.beta, -1, self.epsilon,
                                           rms_scaling=self.rms_scaling)
         return ops.cast(ops.moveaxis(outputs, -1, axis), self.compute_dtype)
+
+
+# Earlier releases registered these layers under Keras' own class names.
+register_load_aliases({"BatchNormalization": FusedBatchNormalization,
+                       "LayerNormalization": PortableLayerNormalization})

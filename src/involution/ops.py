@@ -1,18 +1,15 @@
-"""The involution apply step: multiply-add of generated kernels with neighbourhoods.
+"""The library's ops: the involution apply step, pooling, dense with ReLU.
 
-`involution_apply` is the single dispatch point between the portable
-`keras.ops` formulation (the tested reference) and the backend-specific fast
-paths. Both take the kernel exactly as the kernel generator produces it, so
-the layer never needs to know which one ran.
+Each op is its portable `keras.ops` formulation, the tested reference, and
+the kernels of `involution.registry`, which `registry.choose` picks from.
+The kernels take the arguments exactly as the reference does, so a layer
+never needs to know which one ran.
 """
-
-import importlib
 
 import keras
 from keras import ops
 
-from involution import config
-from involution.config import IMPLEMENTATIONS, check_implementation
+from involution import registry
 from involution.geometry import output_size, padding, tap_offsets  # noqa: F401  (output_size: public here)
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -72,34 +69,28 @@ def involution_apply(
         groups: int, the number of channel groups; must divide `channels`.
         data_format: `"channels_last"`, `"channels_first"` or `None` for
             `keras.config.image_data_format()`.
-        implementation: `"auto"` (the fast path of the current backend when
-            it has one), `"reference"` (the portable `keras.ops` path) or
-            `"fast"` (the backend's fast path; an error where none exists).
+        implementation: `"auto"` (the first kernel of `involution.registry`
+            that runs these arguments, else the reference), `"reference"`
+            (the portable `keras.ops` path), `"fast"` (a kernel; an error
+            where none can run) or a kernel's name (`"torch-cpp"`, ...).
 
     Returns:
         A tensor shaped like `inputs` with spatial size
         `ceil(size / stride)`.
     """
     data_format = standardize_data_format(data_format)
-    check_implementation(implementation)
+    registry.check_implementation(implementation, "apply")
     inputs = ops.convert_to_tensor(inputs)
     kernel = ops.convert_to_tensor(kernel, dtype=inputs.dtype)
     check_apply_arguments(
         inputs.shape, kernel.shape, kernel_size, stride, dilation, groups, data_format
     )
-    backend = backend_module()
-    if use_fast_path(
-        "apply",
-        implementation,
-        backend and (lambda: backend.apply_support(inputs, kernel, groups, data_format)),
-        backend and (lambda: backend.apply_preferred(inputs, groups, data_format)),
-    ):
-        return backend.involution_apply(
-            inputs, kernel, kernel_size, stride, dilation, groups, data_format
-        )
-    return involution_apply_reference(
-        inputs, kernel, kernel_size, stride, dilation, groups, data_format
-    )
+    arguments = dict(inputs=inputs, kernel=kernel, kernel_size=kernel_size, stride=stride, dilation=dilation,
+                     groups=groups, data_format=data_format)
+    chosen = registry.choose("apply", implementation, **arguments)
+    if chosen is not None:
+        return chosen(**arguments)
+    return involution_apply_reference(**arguments)
 
 
 def check_positive_int(value, name, odd=False):
@@ -166,74 +157,13 @@ def check_apply_arguments(input_shape, kernel_shape, kernel_size, stride, dilati
         )
 
 
-# === Dispatch ===
-# Every fast path is chosen here, from what the backend module says it can
-# run: `<name>_support(...)` returns None where its fast path runs those
-# arguments and otherwise why not; `<name>_preferred(...)`, where present,
-# whether `"auto"` should take it (it can be slower for some shapes).
-
-
-_BACKEND_MODULES = {}
-
-
-def backend_module():
-    """The fast paths of Keras' current backend (a module), or None.
-
-    Imported once per backend; later calls read a dict, which compilers
-    that trace Python (`torch.compile`) step through without a break.
-    """
-    backend = keras.backend.backend()
-    if backend not in _BACKEND_MODULES:
-        _BACKEND_MODULES[backend] = (
-            importlib.import_module(f"involution.backends.{backend}_backend")
-            if backend in ("tensorflow", "jax", "torch")
-            else None
-        )
-    return _BACKEND_MODULES[backend]
-
-
-def prepare_fast_paths():
+def prepare_kernels():
     """Builds (or loads from its cache) the current backend's compiled kernels.
 
     Layers call this from `build`, so that the first call of a model, which
     `torch.compile` or `jax.jit` may be tracing, finds them ready.
     """
-    prepare = getattr(backend_module(), "prepare", None)
-    if prepare is not None and config.fast_path_enabled("apply"):
-        prepare()
-
-
-def use_fast_path(name, implementation, support, preferred=None):
-    """Whether to run fast path `name` (else its `keras.ops` reference).
-
-    Args:
-        name: one of `involution.config.FAST_PATHS`.
-        implementation: `"auto"`, `"reference"` or `"fast"`.
-        support: None where the backend has no such fast path, else a
-            callable returning None where it can run the arguments at hand,
-            or a string saying why it cannot.
-        preferred: optional callable: whether `"auto"` should take it.
-
-    Raises:
-        ValueError: `implementation="fast"` where the fast path cannot run.
-    """
-    if implementation == "reference":
-        return False
-    reason = support() if support is not None else (
-        f"the {keras.backend.backend()!r} backend has no fast {name} path"
-    )
-    if implementation == "fast":
-        if reason is not None:
-            raise ValueError(
-                f"`implementation='fast'` cannot run the fast {name} path here: {reason}. "
-                "Use 'auto' or 'reference'. Received: implementation='fast'"
-            )
-        return True
-    return (
-        reason is None
-        and config.fast_path_enabled(name)
-        and (preferred is None or bool(preferred()))
-    )
+    registry.prepare()
 
 
 def involution_apply_reference(
@@ -317,19 +247,19 @@ def _static(size):
 
 
 def pool(inputs, size, strides, mode, data_format, implementation="auto"):
-    """`keras.ops.max_pool` / `average_pool` ("valid"), or the backend's fast pooling.
+    """`keras.ops.max_pool` / `average_pool` ("valid"), or a pooling kernel.
 
-    The fast path (`involution.config`, `"pool"`) exists on PyTorch, whose
+    Kernels (`involution.registry`, op `"pool"`) exist on PyTorch, whose
     Keras pooling copies channels_last maps to channels_first and back; on
     JAX for tiling windows (`size == strides`), whose max pooling XLA
     differentiates with a slow scatter on the CPU; and on CPU-only
     TensorFlow for square channels_last tiles, a C++ op each way.
     """
     inputs = ops.convert_to_tensor(inputs)
-    backend = backend_module()
-    support = getattr(backend, "pool_support", None)
-    if use_fast_path("pool", implementation, support and (lambda: support(inputs, data_format, size, strides))):
-        return backend.pool(inputs, size, strides, mode, data_format)
+    arguments = dict(inputs=inputs, size=size, strides=strides, mode=mode, data_format=data_format)
+    chosen = registry.choose("pool", implementation, **arguments)
+    if chosen is not None:
+        return chosen(**arguments)
     pooling = ops.max_pool if mode == "max" else ops.average_pool
     return pooling(inputs, size, strides, "valid", data_format)
 
@@ -342,7 +272,7 @@ DENSE_RELU_MAX_FEATURES = 16
 def dense_relu(inputs, kernel, bias, implementation="auto"):
     """`relu(inputs @ kernel + bias)` over the last axis, or the backend's fused op.
 
-    The fast path (`involution.config`, `"dense"`) takes inputs of at most
+    Its kernels (`involution.registry`, op `"dense"`) take inputs of at most
     `DENSE_RELU_MAX_FEATURES` features, float32 or float64, on PyTorch's CPU
     (not while exporting) and on CPU-only TensorFlow (outside XLA-compiled
     and exported graphs): one C++ loop forward, writing only the output,
@@ -350,17 +280,18 @@ def dense_relu(inputs, kernel, bias, implementation="auto"):
     (the ReLU's mask is the output's sign).
     """
     inputs = ops.convert_to_tensor(inputs)
-    backend = backend_module()
-    backend_support = getattr(backend, "dense_relu_support", None)
-
-    def support():
-        features = inputs.shape[-1]
-        if features is None or features > DENSE_RELU_MAX_FEATURES:
-            return f"it takes at most {DENSE_RELU_MAX_FEATURES} input features (received {features})"
-        return backend_support(inputs, kernel)
-
-    if use_fast_path("dense", implementation, backend_support and support):
-        return backend.dense_relu(inputs, ops.convert_to_tensor(kernel), ops.convert_to_tensor(bias))
+    features = inputs.shape[-1]
+    if features is None or features > DENSE_RELU_MAX_FEATURES:
+        if implementation not in ("auto", "reference"):
+            raise ValueError(
+                f"The dense kernels take at most {DENSE_RELU_MAX_FEATURES} input features (received {features}). "
+                f"Use 'auto' or 'reference'. Received: implementation={implementation!r}"
+            )
+        implementation = "reference"
+    arguments = dict(inputs=inputs, kernel=ops.convert_to_tensor(kernel), bias=ops.convert_to_tensor(bias))
+    chosen = registry.choose("dense", implementation, **arguments)
+    if chosen is not None:
+        return chosen(**arguments)
     return ops.relu(ops.add(ops.matmul(inputs, kernel), bias))
 
 

@@ -1,13 +1,14 @@
-"""Pooling layers with a fast path (`involution.ops.pool`)."""
+"""Pooling layers with fused kernels (`involution.ops.pool`)."""
 
 import keras
 
 from involution import ops as involution_ops
-from involution.config import check_implementation
+from involution import registry
+from involution.saving import register_load_aliases
 
 
 @keras.saving.register_keras_serializable(package="involution")
-class MaxPooling2D(keras.layers.MaxPooling2D):
+class FusedMaxPooling2D(keras.layers.MaxPooling2D):
     """`keras.layers.MaxPooling2D` without PyTorch's layout copies.
 
     Same arguments, weights (none) and results; with "valid" padding it
@@ -15,16 +16,19 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
     a permuted view instead of a channels-first copy.
 
     Args:
-        implementation: `"auto"`, `"reference"` (Keras' pooling) or `"fast"`
-            (see `involution.config`, fast path `"pool"`).
+        implementation: `"auto"`, `"reference"` (Keras' pooling), `"fast"`
+            or a kernel's name (`involution.registry`, op `"pool"`).
         pool_size, strides, padding, data_format, **kwargs: as in
             `keras.layers.MaxPooling2D`.
     """
 
+    # A kernel's name in `implementation` selects kernels of the op below.
+    KERNEL_OP = "pool"
+
     def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, implementation="auto",
                  **kwargs):
         super().__init__(pool_size, strides=strides, padding=padding, data_format=data_format, **kwargs)
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation, "pool")
 
     def call(self, inputs):
         if self.padding != "valid":
@@ -37,3 +41,7 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
         config = super().get_config()
         config["implementation"] = self.implementation
         return config
+
+
+# Earlier releases registered this layer under Keras' own class name.
+register_load_aliases({"MaxPooling2D": FusedMaxPooling2D})

@@ -137,6 +137,16 @@ def build_parser():
     predict.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common_options(predict)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="Say which kernels run on this machine and backend, and why the others cannot.",
+        description="Lists every kernel of the registry for the backend (the apply step, its gradients and the "
+        "fused layers' ops) with whether it can run here and, where not, why; the folder of compiled kernels "
+        "and its builds; the versions of Keras and the backend.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common_options(doctor)
+
     summarize = commands.add_parser(
         "summarize",
         help="Merge the seeds of several compare runs into one table of mean ± std.",

@@ -136,5 +136,5 @@ def test_tiled_max_pool_gives_ties_derivative_as_keras_does(rng, data_format):
         np.testing.assert_array_equal(grads["fast"], grads["reference"])
     np.testing.assert_array_equal(np.asarray(pool(x, (2, 2), (2, 2), "max", data_format, "fast")),
                                   np.asarray(pool(x, 2, 2, "max", data_format, "reference")))
-    assert jax_backend.pool_support(x, data_format, 2, 2) is None
-    assert "overlap" in jax_backend.pool_support(x, data_format, 3, 2)
+    assert jax_backend.pool_reason(x, 2, 2, "max", data_format) is None
+    assert "overlap" in jax_backend.pool_reason(x, 3, 2, "max", data_format)

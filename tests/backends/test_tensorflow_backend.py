@@ -46,7 +46,7 @@ def test_native_ops_match_numpy_with_gradients(rng, kernel_size, stride, groups,
     x_t, kernel_t = tf.constant(x), tf.constant(kernel)
     with tf.GradientTape() as tape:
         tape.watch([x_t, kernel_t])
-        output = tensorflow_backend._native_apply(x_t, kernel_t, kernel_size, stride, dilation, groups, data_format)
+        output = tensorflow_backend._cpp_apply(x_t, kernel_t, kernel_size, stride, dilation, groups, data_format)
         loss = tf.reduce_sum(output * tf.constant(upstream, tf.float32))
     grads = tape.gradient(loss, [x_t, kernel_t])
     np.testing.assert_allclose(output.numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -82,7 +82,7 @@ def test_native_gradients_of_gradients_match_the_plain_ops(rng, stride):
             grad_x = tape.gradient(value, x)
         return [g.numpy() for g in reverse] + [accumulator.jvp(grad_x).numpy()]
 
-    native = hessian_terms(tensorflow_backend._native_apply)
+    native = hessian_terms(tensorflow_backend._cpp_apply)
     plain = hessian_terms(tensorflow_backend._grouped_apply)
     for ours, theirs in zip(native, plain):
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
@@ -104,37 +104,46 @@ def test_native_ops_check_shapes_before_running():
                                              groups=1, kernel_size=3, stride=1, dilation=1)
 
 
+def _chosen(x, kernel, groups=1):
+    from involution import registry
+
+    return registry.choose("apply", "auto", inputs=x, kernel=kernel, kernel_size=3, stride=1, dilation=1,
+                           groups=groups, data_format="channels_last").name.removeprefix("tensorflow-")
+
+
 def test_which_path_runs_where():
     x = tf.zeros((1, 4, 4, 8))
     kernel = tf.zeros((1, 4, 4, 9))
-    def path(x, kernel, group_channels=8):
-        return tensorflow_backend._path(x, kernel, group_channels)
 
-    paths = ["native", "xla", "ops"]
+    def path(x, kernel, group_channels=8):
+        groups = x.shape[-1] // group_channels
+        return _chosen(x, tf.zeros(kernel.shape[:3] + (9 * groups,), kernel.dtype), groups)
+
+    paths = ["cpp", "xla", "grouped"]
 
     def traced(**options):  # XLA returns no strings: the path's index
         return paths[tf.function(lambda: tf.constant(paths.index(path(x, kernel))), **options)().numpy()]
 
-    assert path(x, kernel) == "native"  # eagerly
-    assert traced() == "native"  # a graph Keras does not compile
-    assert traced(jit_compile=True) == "ops"  # inside XLA already
+    assert path(x, kernel) == "cpp"  # eagerly
+    assert traced() == "cpp"  # a graph Keras does not compile
+    assert traced(jit_compile=True) == "grouped"  # inside XLA already
     with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)):
-        assert path(x, kernel) == "native"  # the C++ ops differentiate in forward mode too
+        assert path(x, kernel) == "cpp"  # the C++ ops differentiate in forward mode too
     assert path(x, kernel, group_channels=4) == "xla"  # too few channels per group for the C++ loops
     half = tf.zeros((1, 4, 4, 8), tf.float16)
     assert path(half, tf.zeros((1, 4, 4, 9), tf.float16)) == "xla"
     with tf.autodiff.ForwardAccumulator(half, tf.ones_like(half)):
-        assert path(half, tf.zeros((1, 4, 4, 9), tf.float16)) == "ops"
+        assert path(half, tf.zeros((1, 4, 4, 9), tf.float16)) == "grouped"
 
 
 def test_without_the_native_ops_the_compiled_cluster_runs(monkeypatch):
     monkeypatch.setattr(tensorflow_backend, "_native_ops", lambda: None)
-    assert tensorflow_backend._path(tf.zeros((1, 4, 4, 8)), tf.zeros((1, 4, 4, 9)), 8) == "xla"
+    assert _chosen(tf.zeros((1, 4, 4, 8)), tf.zeros((1, 4, 4, 9))) == "xla"
 
 
 def test_unknown_sizes_are_checked_when_the_graph_runs():
     apply = tf.function(
-        lambda x, k: tensorflow_backend.involution_apply(x, k, 3, 1, 1, 1, "channels_last"),
+        lambda x, k: tensorflow_backend.apply_xla(x, k, 3, 1, 1, 1, "channels_last"),
         input_signature=[tf.TensorSpec((None, None, None, 4)), tf.TensorSpec((None, None, None, 9))],
     )
     assert apply(tf.zeros((1, 5, 5, 4)), tf.zeros((1, 5, 5, 9))).shape == (1, 5, 5, 4)
@@ -164,7 +173,7 @@ def test_native_batch_norm_matches_numpy(rng, shape):
     x_, gamma_, beta_ = (tf.constant(a) for a in (x, gamma, beta))
     with tf.GradientTape() as tape:
         tape.watch([x_, gamma_, beta_])
-        outputs, batch_mean, batch_variance = tensorflow_backend._native_batch_norm(x_, gamma_, beta_, 1e-3)
+        outputs, batch_mean, batch_variance = tensorflow_backend.batch_norm_cpp(x_, gamma_, beta_, 1e-3)
         loss = tf.reduce_sum(outputs * upstream)
     grad_x, grad_gamma, grad_beta = tape.gradient(loss, [x_, gamma_, beta_])
     tolerance = dict(rtol=1e-9, atol=1e-9)
@@ -207,7 +216,7 @@ def test_native_batch_norm_gradients_of_gradients_match_the_plain_ops(rng):
     # float64: the differences are rounding only.
     x = tf.constant(rng.normal(1.0, 2.0, (3, 4, 5, 6)))
     gamma, beta = tf.constant(rng.uniform(0.5, 2.0, 6)), tf.constant(rng.normal(size=6))
-    native = _second_order_terms(lambda *a: tensorflow_backend._native_batch_norm(*a, 1e-3)[0], x, gamma, beta)
+    native = _second_order_terms(lambda *a: tensorflow_backend.batch_norm_cpp(*a, 1e-3)[0], x, gamma, beta)
     plain = _second_order_terms(lambda *a: _plain_batch_norm(*a, 1e-3)[0], x, gamma, beta)
     for ours, theirs in zip(native, plain):
         np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8)
@@ -224,20 +233,28 @@ def test_native_batch_norm_checks_shapes_before_running():
         operations.involution_batch_norm(tf.zeros((2, 8)), tf.ones(8), tf.zeros(8), epsilon=0.0)
 
 
+def batch_norm_training(x, gamma, beta, epsilon):
+    """The training step as `FusedBatchNormalization` runs it: the registry's choice."""
+    from involution import registry
+
+    arguments = dict(inputs=x, gamma=gamma, beta=beta, epsilon=epsilon)
+    return registry.choose("batch_norm", "auto", **arguments)(**arguments)
+
+
 def test_batch_norm_takes_the_native_op_outside_compiled_graphs():
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 3, 3, 8)), tf.float32)
     gamma, beta = tf.ones(8), tf.zeros(8)
 
     def op_types(**options):
-        graph = tf.function(lambda: tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3)[0], **options)
+        graph = tf.function(lambda: batch_norm_training(x, gamma, beta, 1e-3)[0], **options)
         return {op.type for op in graph.get_concrete_function().graph.get_operations()}
 
     assert "InvolutionBatchNorm" in op_types()
     compiled = op_types(jit_compile=True)
     assert "InvolutionBatchNorm" not in compiled and "FusedBatchNormV3" in compiled
     # Both the same numbers.
-    ours = tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3)
-    theirs = tf.function(lambda: tensorflow_backend.batch_norm_training(x, gamma, beta, 1e-3), jit_compile=True)()
+    ours = batch_norm_training(x, gamma, beta, 1e-3)
+    theirs = tf.function(lambda: batch_norm_training(x, gamma, beta, 1e-3), jit_compile=True)()
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
@@ -288,13 +305,13 @@ def test_native_pool_checks_shapes_before_running():
                                         size=2, mode="max")
 
 
-def test_pool_support():
+def test_pool_reasons():
     x = tf.zeros((1, 4, 4, 8))
-    assert tensorflow_backend.pool_support(x, "channels_last", 2, 2) is None
-    assert "square tiles" in tensorflow_backend.pool_support(x, "channels_last", 3, 2)
-    assert "channels_last" in tensorflow_backend.pool_support(x, "channels_first", 2, 2)
-    assert "float32/float64" in tensorflow_backend.pool_support(tf.zeros((1, 4, 4, 8), tf.float16),
-                                                                 "channels_last", 2, 2)
+    assert tensorflow_backend.pool_reason(x, 2, 2, "max", "channels_last") is None
+    assert "square tiles" in tensorflow_backend.pool_reason(x, 3, 2, "max", "channels_last")
+    assert "channels_last" in tensorflow_backend.pool_reason(x, 2, 2, "max", "channels_first")
+    assert "float32/float64" in tensorflow_backend.pool_reason(tf.zeros((1, 4, 4, 8), tf.float16), 2, 2, "max",
+                                                                "channels_last")
 
 
 def _plain_dense_relu(x, kernel, bias):
@@ -354,7 +371,7 @@ def test_dense_relu_takes_the_native_op_outside_compiled_graphs():
 
     assert "InvolutionDenseRelu" in op_types()
     assert "InvolutionDenseRelu" not in op_types(jit_compile=True)
-    assert "float32/float64" in tensorflow_backend.dense_relu_support(tf.zeros((2, 3), tf.float16), kernel)
+    assert "float32/float64" in tensorflow_backend.dense_relu_reason(tf.zeros((2, 3), tf.float16), kernel, bias)
 
 
 def test_large_outputs_are_fully_written_when_their_blocks_are_reused(rng):

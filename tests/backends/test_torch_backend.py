@@ -22,9 +22,9 @@ import torch  # noqa: E402
 
 from involution.backends import torch_backend  # noqa: E402
 
-PATHS = {"inplace": torch_backend.inplace_apply}
+PATHS = {"inplace": torch_backend.apply_inplace}
 if torch_backend._extension() is not None:
-    PATHS["fused"] = torch_backend.fused_apply
+    PATHS["fused"] = torch_backend.apply_cpp
 
 GRID = alternating(itertools.product([1, 3, 5], [1, 2, 3], [1, 3], [1, 2]), ["channels_last", "channels_first"])
 
@@ -80,7 +80,7 @@ def test_fused_float32_against_float64_numpy(rng, kernel_size, stride, dilation,
     args = (kernel_size, stride, dilation, groups)
     xt = torch.tensor(x, requires_grad=True)
     kt = torch.tensor(kernel, requires_grad=True)
-    out = torch_backend.fused_apply(xt, kt, *args, "channels_last")
+    out = torch_backend.apply_cpp(xt, kt, *args, "channels_last")
     grad_x, grad_kernel = torch.autograd.grad((out * torch.tensor(upstream)).sum(), [xt, kt])
     expected_x, expected_kernel = ref.involution_apply_gradients(x, kernel, upstream, *args)
     tolerance = dict(rtol=1e-4, atol=1e-4)
@@ -89,13 +89,16 @@ def test_fused_float32_against_float64_numpy(rng, kernel_size, stride, dilation,
     np.testing.assert_allclose(grad_kernel.numpy(), expected_kernel, **tolerance)
 
 
-def test_half_precision_takes_the_inplace_path(rng, monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch_backend, "fused_apply", lambda *a: calls.append(a))
+def test_half_precision_takes_the_inplace_path(rng):
+    from involution import registry
+    from involution.ops import involution_apply
+
     x, kernel = case(rng, 3, 1, 1, "channels_last")
-    out = torch_backend.involution_apply(torch.tensor(x).bfloat16(), torch.tensor(kernel).bfloat16(),
-                                         3, 1, 1, 1, "channels_last")
-    assert out.dtype == torch.bfloat16 and not calls
+    arguments = dict(inputs=torch.tensor(x).bfloat16(), kernel=torch.tensor(kernel).bfloat16(), kernel_size=3,
+                     stride=1, dilation=1, groups=1, data_format="channels_last")
+    assert registry.choose("apply", "fast", **arguments).name == "torch-inplace"
+    out = involution_apply(**{"implementation": "fast", **arguments})
+    assert out.dtype == torch.bfloat16
     np.testing.assert_allclose(out.float().numpy(), ref.involution_apply(x, kernel, 3, 1, 1, 1, "channels_last"),
                                rtol=0.05, atol=0.1)
 
@@ -104,7 +107,7 @@ def test_environment_variable_disables_the_extension(monkeypatch):
     monkeypatch.setenv(torch_backend.EXTENSION_ENV, "0")
     monkeypatch.setattr(torch_backend, "_EXTENSION", None)
     assert torch_backend._extension() is None
-    assert torch_backend.window_correlation_support(torch.zeros(1, 2, 2, 8), None) is not None
+    assert torch_backend.window_correlation_reason(torch.zeros(1, 2, 2, 8), None, 3, 1, 1, 1) is not None
 
 
 def test_a_lock_left_by_a_killed_build_is_removed(tmp_path):

@@ -72,8 +72,8 @@ def test_model_output_gradients_and_config(name, rng):
 
 def test_saved_models_reload_after_importing_the_package(rng, tmp_path):
     # `keras.saving.load_model` finds custom classes only once their modules
-    # ran their registrations; `import involution` must be enough for every
-    # model of the registry (the report reloads trained models this way).
+    # ran their registrations; `import involution.models` must be enough for
+    # every model of the registry (the report reloads trained models this way).
     x = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     expected = {}
@@ -84,7 +84,7 @@ def test_saved_models_reload_after_importing_the_package(rng, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, keras
-        import involution
+        import involution.models
         x = np.load({str(tmp_path / 'x.npy')!r})
         for name in sys.argv[1:]:
             model = keras.saving.load_model({str(tmp_path)!r} + f"/{{name}}.keras")

@@ -152,7 +152,33 @@ def summarize(args):
     return 0
 
 
-HANDLERS = {"demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets,
+def doctor(args):
+    """The registry's kernels on this machine: which can run, and why not the others."""
+    from involution import config
+
+    report = config.explain()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"Keras {report['keras']}, backend {report['backend']} {report['backend_version'] or ''}".rstrip())
+    cache = report["kernel_cache"]
+    state = f"{len(cache['builds'])} build(s)" if cache["exists"] else "not created yet"
+    print(f"compiled kernels: {cache['folder']} ({state})")
+    rows = [(row["op"], row["name"], "yes" if row["available"] else "no",
+             row["reason"] or row["summary"]) for row in report["kernels"]]
+    if not rows:
+        print(f"the {report['backend']} backend has no kernels: every op runs its keras.ops reference")
+        return 0
+    header = ("op", "kernel", "runs", "why not / what")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    print("Each op tries its kernels in this order and runs its keras.ops reference where none can "
+          "(implementation='auto'); --verbose logs each choice.")
+    return 0
+
+
+HANDLERS = {"doctor": doctor, "demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets,
             "summarize": summarize}
 
 
@@ -162,11 +188,9 @@ def run(args):
         # The frameworks' Python loggers (TensorFlow's, absl's).
         for name in ("tensorflow", "absl", "jax", "torch"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    else:
+        # The registry's choices, with the reasons of the kernels passed over.
+        logging.getLogger("involution.registry").setLevel(logging.DEBUG)
+        logging.basicConfig(format="%(name)s: %(message)s")
     return HANDLERS[args.command](args)
 
-
-def main(argv=None):
-    """The `involution` command (see `involution_cli`)."""
-    import involution_cli
-
-    return involution_cli.main(argv)

@@ -7,7 +7,7 @@
 - the official `cifar-10-python.tar.gz` or its extracted
   `cifar-10-batches-py/` folder (pickled batches);
 - an image-folder tree, `train/<class>/*` and `test/<class>/*`, as a folder
-  or a `.tar.gz` (such as the JPEG copy in `shared/data/`).
+  or a `.tar.gz` (such as a JPEG copy of CIFAR-10).
 
 Decoding an image tree is slow, so the decoded arrays are cached (`.npz`) in
 the user's cache folder, keyed by the source's path, size and modification

@@ -1,14 +1,17 @@
-"""Backend-specific fast paths, one module per Keras backend.
+"""The bindings of the kernel registry, one module per Keras backend.
 
-`involution.ops` is their only caller and chooses between them and the
-portable `keras.ops` references (its "Dispatch" section). Each module
-exposes what it can run as `<name>_support(...)` predicates (None, or the
-reason it cannot), optionally `<name>_preferred(...)` for `"auto"`, the fast
-functions themselves (`involution_apply(inputs, kernel, kernel_size, stride,
-dilation, groups, data_format)` with the semantics of
-`involution.ops.involution_apply_reference`, their tested reference), and
-optionally `prepare()`, which builds compiled kernels ahead of the first call.
-The modules never import `involution.ops`. The apply paths share one plan
+`involution.registry` declares every kernel and imports its binding, the
+module `<backend>_backend`, when that backend runs; the modules never
+import the registry or `involution.ops`. For each entry a binding defines
+the functions the entry names: `<kernel>_reason(**arguments)` (None, or
+why the kernel cannot run these arguments), optionally a preference that
+`"auto"` asks too, and the kernel itself, with the semantics of the op's
+`keras.ops` reference; plus `available(entry)` (whether it can run on
+this machine at all: built, device) and `prepare()`, which builds
+compiled kernels ahead of the first call. The C++ sources (the loops in
+`*_kernels.h`, the framework bindings in `involution_cpu.cpp`,
+`involution_tf.cpp`, `involution_ffi.cpp`) live beside them.
+The apply paths share one plan
 (see `docs/design.md`):
 
 - work in a grouped layout, where a group's kernel broadcasts over its

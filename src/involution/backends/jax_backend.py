@@ -31,6 +31,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
+from involution import switches
 from involution.backends import jax_onnx, native, padding, pair, tap_offsets
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
@@ -204,11 +205,11 @@ def _batch_rule(primitive, args, dims, **params):
 
 # Einsum-like sharding rules: b is the batch, the only axis sharded.
 apply_p = _primitive("apply", "forward", _apply_shape, "b h w c, b i j t -> b i j c",
-                     lambda x, kernel, **p: _portable_apply(x, kernel, **p))
+                     lambda x, kernel, **p: portable_apply(x, kernel, **p))
 input_gradient_p = _primitive("input_gradient", "input_gradient", _input_gradient_shape, "b i j c, b i j t -> b h w c",
-                              lambda grad, kernel, **p: _portable_input_gradient(grad, kernel, **p))
+                              lambda grad, kernel, **p: portable_input_gradient(grad, kernel, **p))
 correlate_p = _primitive("correlate", "correlate", _correlate_shape, "b h w c, b i j c -> b i j t",
-                         lambda x, grad, **p: _portable_correlate(x, grad, **p))
+                         lambda x, grad, **p: portable_correlate(x, grad, **p))
 
 
 def _size(value):
@@ -284,11 +285,11 @@ def _flat(tensor):
 # innermost axis and the kernel gradient reduces over it.
 
 
-def _portable_apply(x, kernel, *, groups, kernel_size, stride, dilation):
+def portable_apply(x, kernel, *, groups, kernel_size, stride, dilation):
     return _flat(_forward(_grouped(x, groups), _grouped(kernel, groups), kernel_size, stride, dilation))
 
 
-def _portable_input_gradient(grad, kernel, *, height, width, groups, kernel_size, stride, dilation):
+def portable_input_gradient(grad, kernel, *, height, width, groups, kernel_size, stride, dilation):
     grad, kernel = _grouped(grad, groups), _grouped(kernel, groups)
     if stride == 1:
         return _flat(_input_gradient_gather(grad, kernel, kernel_size, dilation))
@@ -296,7 +297,7 @@ def _portable_input_gradient(grad, kernel, *, height, width, groups, kernel_size
     return _flat(_input_gradient_scatter(grad, kernel, x_shape, kernel_size, stride, dilation))
 
 
-def _portable_correlate(x, grad, *, groups, kernel_size, stride, dilation):
+def portable_correlate(x, grad, *, groups, kernel_size, stride, dilation):
     x, grad = _grouped(x, groups), _grouped(grad, groups)
     out_h, out_w = grad.shape[1:3]
     padded = _pad(x, padding(kernel_size, dilation))
@@ -357,23 +358,48 @@ def prepare():
     _ffi_available()
 
 
-def apply_support(inputs, kernel, groups, data_format):
+def available(kernel):
+    """Why `kernel` cannot run on this machine at all, or None."""
+    if kernel.name == "jax-ffi":
+        if jax.default_backend() != "cpu":
+            return f"the C++ loops run on JAX's CPU backend (default backend: {jax.default_backend()})"
+        if not _ffi_available():
+            return "the fused CPU kernels could not be built (no compiler, or a build error: see the warning)"
     return None
 
 
-def apply_preferred(inputs, groups, data_format):
-    return inputs.shape[-1 if data_format == "channels_last" else 1] // groups >= MIN_GROUP_CHANNELS
+def apply_ffi_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    if switches.exportable_enabled():
+        return "involution.config.exportable() is on: exported programs get XLA's form"
+    if jax.default_backend() != "cpu":
+        return f"it runs on JAX's CPU backend (default backend: {jax.default_backend()})"
+    if inputs.dtype not in (jnp.float32, jnp.float64) or kernel.dtype != inputs.dtype:
+        return f"it runs float32/float64 only (received {inputs.dtype} with a {kernel.dtype} kernel)"
+    if not _ffi_available():
+        return "the fused CPU kernels could not be built (see the warning)"
+    return None
 
 
-def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    jax_onnx.register()  # an ONNX export in progress converts the primitives
-    use_ffi = inputs.dtype == kernel.dtype and _use_ffi(inputs.dtype)
-    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format,
-                          "ffi" if use_ffi else "xla")
+def apply_xla_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return None
 
 
-def _use_ffi(dtype):
-    return jax.default_backend() == "cpu" and dtype in (jnp.float32, jnp.float64) and _ffi_available()
+def apply_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+    if channels // groups < MIN_GROUP_CHANNELS:
+        return (f"fewer than {MIN_GROUP_CHANNELS} channels per group ({channels // groups}): XLA's autodiff "
+                "of the reference is faster")
+    return None
+
+
+def apply_ffi(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    jax_onnx.register(PORTABLE_FORMS)  # an ONNX export in progress converts the primitives
+    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, "ffi")
+
+
+def apply_xla(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    jax_onnx.register(PORTABLE_FORMS)
+    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, "xla")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
@@ -396,7 +422,7 @@ def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_f
 
 
 
-def pool_support(inputs, data_format, size, strides):
+def pool_reason(inputs, size, strides, mode, data_format):
     if pair(size) != pair(strides if strides is not None else size):
         return "its windows overlap or leave gaps (pool_size != strides); only tiling windows are reshaped"
     return None
@@ -445,3 +471,8 @@ def pool(inputs, size, strides, mode, data_format="channels_last"):
         return _max_pool_tiles(inputs, pair(size), data_format)
     tiles, axes = _tiles(inputs, pair(size), data_format)
     return jnp.mean(tiles, axis=axes)
+
+
+# What jax2onnx converts each primitive into (`jax_onnx`).
+PORTABLE_FORMS = ((apply_p, portable_apply), (input_gradient_p, portable_input_gradient),
+                  (correlate_p, portable_correlate))

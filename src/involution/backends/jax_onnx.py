@@ -18,14 +18,19 @@ import sys
 import numpy as np
 
 
-def register():
-    """Adds the plugins to jax2onnx's registry, once, if jax2onnx is loaded."""
+def register(portable_forms):
+    """Adds the plugins to jax2onnx's registry, once, if jax2onnx is loaded.
+
+    Args:
+        portable_forms: pairs of (primitive, its portable form), the
+            function whose program replaces the primitive in ONNX.
+    """
     if "jax2onnx" in sys.modules:
-        _register()
+        _register(portable_forms)
 
 
 @functools.lru_cache(maxsize=None)
-def _register():
+def _register(portable_forms):
     import warnings
 
     import jax
@@ -49,8 +54,6 @@ def _register():
         )
         return False
 
-    from involution.backends import jax_backend
-
     class PortableForm(PrimitiveLeafPlugin):
         """Lowers a primitive by inlining its portable form's program."""
 
@@ -73,12 +76,7 @@ def _register():
             for outer, inner in zip(eqn.outvars, body.outvars):
                 ctx.bind_value_for_var(outer, ctx.get_value_for_var(inner))
 
-    portable_forms = {
-        jax_backend.apply_p: jax_backend._portable_apply,
-        jax_backend.input_gradient_p: jax_backend._portable_input_gradient,
-        jax_backend.correlate_p: jax_backend._portable_correlate,
-    }
-    for primitive, portable in portable_forms.items():
+    for primitive, portable in portable_forms:
         plugin = type(f"Portable_{primitive.name}", (PortableForm,), {"portable": staticmethod(portable)})
         register_primitive(
             jaxpr_primitive=primitive.name,

@@ -19,9 +19,12 @@ from pathlib import Path
 
 from involution import cache
 
-KERNELS_HEADER = Path(__file__).with_name("involution_kernels.h")
+# The framework-free C++ loops, apart from their bindings (this folder).
+KERNELS_DIR = Path(__file__).parents[1] / "kernels" / "cpu"
+KERNELS_HEADER = KERNELS_DIR / "involution_kernels.h"
 # Every header a binding may include: part of every build's key.
-SHARED_HEADERS = (KERNELS_HEADER, *(Path(__file__).with_name(name) for name in ("batch_norm_kernels.h", "pool_kernels.h", "dense_kernels.h", "block_cache.h")))
+SHARED_HEADERS = tuple(KERNELS_DIR / name for name in (
+    "involution_kernels.h", "batch_norm_kernels.h", "pool_kernels.h", "dense_kernels.h", "block_cache.h"))
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
@@ -121,7 +124,7 @@ def shared_library(source, include_dirs=(), cache_dir=None, flags=(), disable_if
     # Built under a temporary name and renamed: a concurrent or interrupted
     # build never leaves a half-written library under the final name.
     partial = target.with_name(f"{target.stem}.{os.getpid()}.partial")
-    command = [cxx, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}"]
+    command = [cxx, *CXX_FLAGS, "-shared", "-fPIC", f"-I{source.parent}", f"-I{KERNELS_DIR}"]
     command += [f"-isystem{directory}" for directory in include_dirs]
     command += [str(source), "-o", str(partial), *flags]
     defines = native_defines(cxx) if disable_if_defined else frozenset()

@@ -1,19 +1,20 @@
-"""The TensorFlow fast paths: fused C++ ops on the CPU, else XLA.
+"""The TensorFlow kernels of the registry: fused C++ ops on the CPU, else XLA.
 
-Three paths, chosen per traced call (`_path`):
+Three kernels of the apply step, which `involution.registry.choose` tries
+in this order per traced call:
 
-- `"native"`: on CPU-only TensorFlow, for float32/float64 and at least 8
+- `"tensorflow-cpp"`: on CPU-only TensorFlow, for float32/float64 and at least 8
   channels per group, the apply step
   and its two gradients are the fused loops of `involution_kernels.h` (the
   PyTorch and JAX backends' loops) as TensorFlow ops (`involution_tf.cpp`,
   compiled on first use into the private kernel cache), each registered as
   the others' gradient, so derivatives of any order run them. TensorFlow's
   own autodiff of the taps costs several passes over memory per tap.
-- `"xla"`: elsewhere (GPUs, half precision, no C++ compiler) the apply
+- `"tensorflow-xla"`: elsewhere (GPUs, half precision, no C++ compiler) the apply
   step compiles itself (`jit_compile=True`), since Keras does not
   XLA-compile training on CPU-only TensorFlow: XLA fuses the
   shift-and-accumulate loop into a few passes over memory.
-- `"ops"`: plain TensorFlow ops, inside an XLA-compiled caller (which
+- `"tensorflow-grouped"`: plain TensorFlow ops, inside an XLA-compiled caller (which
   compiles them with everything else; neither a custom op nor a nested
   cluster can be), in the graphs that exporters trace (so that artifacts
   run without this package, ONNX included), and under forward mode where
@@ -35,11 +36,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
-# Internal, but the only way to ask whether the current graph is compiled by
-# XLA or carries tangents; `_path` is their one user.
+# Private, but the only way to ask whether the current graph is compiled by
+# XLA or carries tangents (listed in docs/design.md); `_compiled_or_exported_graph`
+# and `apply_xla_reason` are their only users.
 from tensorflow.python.eager import forwardprop_util
 from tensorflow.python.ops import control_flow_util
 
+from involution import switches
 from involution.backends import native, padding, pair, tap_offsets
 
 # Set to 0 to skip building the C++ ops (the XLA path runs instead).
@@ -308,7 +311,7 @@ def _native_op_support(inputs, portable):
     return None
 
 
-def pool_support(inputs, data_format, size, strides):
+def pool_reason(inputs, size, strides, mode, data_format):
     size, strides = pair(size), pair(strides if strides is not None else size)
     if size != strides or size[0] != size[1]:
         return "it pools square tiles only (pool_size == strides, equal sides)"
@@ -346,7 +349,7 @@ def _dense_relu_grad_transposes(x, kernel, y, grad, ct_x, ct_kernel, ct_bias):
     return grad_x, grad_kernel, grad_grad
 
 
-def dense_relu_support(inputs, kernel):
+def dense_relu_reason(inputs, kernel, bias):
     return _native_op_support(inputs, "Keras' dense layer")
 
 
@@ -359,15 +362,45 @@ def dense_relu(inputs, kernel, bias):
 @functools.lru_cache(maxsize=None)
 def channels_first_conv_runs():
     """Whether TensorFlow convolves channels-first maps here: on GPUs, and
-    on CPUs only with oneDNN (`involution.convolution.Conv2D`)."""
+    on CPUs only with oneDNN."""
     if not _cpu_only():
         return True
     try:
-        from tensorflow.python.util import _pywrap_util_port  # internal: the one place TensorFlow says
+        from tensorflow.python.util import _pywrap_util_port  # private: listed in docs/design.md
 
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return False
+
+
+def conv_transposed_reason(inputs, kernel, strides, padding, dilation_rate, data_format):
+    if data_format != "channels_first":
+        return "channels_last maps need no transposes"
+    return None
+
+
+def conv_transposed_preference(inputs, kernel, strides, padding, dilation_rate, data_format):
+    return "TensorFlow convolves channels_first maps here itself" if channels_first_conv_runs() else None
+
+
+def conv_transposed(inputs, kernel, strides, padding, dilation_rate, data_format):
+    """A channels-first convolution computed channels-last between two transposes."""
+    outputs = tf.nn.convolution(tf.transpose(inputs, (0, 2, 3, 1)), tf.cast(kernel, inputs.dtype),
+                                strides=strides, padding=padding.upper(), dilations=dilation_rate,
+                                data_format="NHWC")
+    return tf.transpose(outputs, (0, 3, 1, 2))
+
+
+def available(kernel):
+    """Why `kernel` cannot run on this machine at all, or None."""
+    if kernel.name == "tensorflow-cpp":
+        if not _cpu_only():
+            return "the C++ ops run on CPU-only TensorFlow (a GPU is visible)"
+        if _native_ops() is None:
+            return "the fused CPU kernels could not be built (no compiler, or a build error: see the warning)"
+    if kernel.name == "tensorflow-transposed" and channels_first_conv_runs():
+        return "TensorFlow convolves channels_first maps here itself (a GPU, or oneDNN)"
+    return None
 
 
 def prepare():
@@ -381,34 +414,18 @@ def prepare():
 MIN_GROUP_CHANNELS = 8
 
 
-def _native_runs(inputs, kernel, group_channels):
-    return (inputs.dtype in (tf.float32, tf.float64) and kernel.dtype == inputs.dtype
-            and group_channels >= MIN_GROUP_CHANNELS and _cpu_only() and _native_ops() is not None)
-
-
 def _compiled_or_exported_graph():
-    """Whether the graph being traced is XLA-compiled or traced by an exporter:
-    it gets plain ops, never this package's C++ ops or a nested cluster."""
+    """Whether the graph being traced is XLA-compiled or traced by an exporter
+    (or `involution.config.exportable()` is on): it gets plain ops, never this
+    package's C++ ops or a nested cluster."""
+    if switches.exportable_enabled():
+        return True
     if tf.executing_eagerly():
         return False
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()) or _exporting()
 
 
-def _path(inputs, kernel, group_channels):
-    """`"native"`, `"xla"` or `"ops"` for this call (see the module's docstring)."""
-    if _compiled_or_exported_graph():
-        return "ops"
-    if _native_runs(inputs, kernel, group_channels):
-        return "native"
-    if forwardprop_util.pack_tangents([inputs, kernel]).indices:
-        # Forward mode differentiates the custom gradient's own gradient,
-        # which inside an XLA cluster meets slicing gradients (XLA's
-        # dynamic-update-slice) that TensorFlow cannot differentiate.
-        return "ops"
-    return "xla"
-
-
-def _native_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+def _cpp_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     if data_format == "channels_first":
         inputs = tf.transpose(inputs, (0, 2, 3, 1))
         kernel = tf.transpose(kernel, (0, 2, 3, 1))
@@ -428,9 +445,11 @@ _EXPORTERS = ("keras.src.export.", "tf2onnx.")
 def _exporting():
     """Whether an exporter is tracing the current graph.
 
-    TensorFlow marks no graph as "for export", so this reads the Python
-    stack for an exporter's frame; it runs while a graph is traced, never
-    per step.
+    TensorFlow marks no graph as "for export" (PyTorch has
+    `torch.compiler.is_exporting()`), so this, the library's one guess at
+    its context, reads the Python stack for an exporter's frame; it runs
+    while a graph is traced, never per step. An exporter it does not know
+    is covered by the documented switch, `involution.config.exportable()`.
     """
     frame = sys._getframe(1)
     while frame is not None:
@@ -469,39 +488,62 @@ def _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_forma
     ]
 
 
-# Plain Python over tensors, no tensor-dependent control flow: AutoGraph (on
-# in Keras' training functions) has nothing to convert here, and in a long
-# test run its converted copies called one helper with another's arguments.
-@tf.autograph.experimental.do_not_convert
-def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
-    with tf.control_dependencies(checks):
-        channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-        path = _path(inputs, kernel, channels // groups)
-        if path == "native":
-            return _native_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
-        if path == "xla":
-            return _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel)
-        return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+def _checked(apply):
+    """`apply` after the run-time checks of what tracing left unknown.
+
+    Plain Python over tensors, no tensor-dependent control flow: AutoGraph
+    (on in Keras' training functions) has nothing to convert here, and in a
+    long test run its converted copies called one helper with another's
+    arguments.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    @functools.wraps(apply)
+    def checked(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+        checks = _check_traced_shapes(inputs, kernel, kernel_size, stride, groups, data_format)
+        with tf.control_dependencies(checks):
+            return apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
+
+    return checked
 
 
-def apply_support(inputs, kernel, groups, data_format):
+def apply_cpp_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    if tf.as_dtype(kernel.dtype) != tf.as_dtype(inputs.dtype):
+        return "the kernel's dtype differs from the input's"
+    return _native_op_support(inputs, "plain ops")
+
+
+def apply_cpp_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+    if channels // groups < MIN_GROUP_CHANNELS:
+        return f"fewer than {MIN_GROUP_CHANNELS} channels per group ({channels // groups}): XLA's loop is faster"
     return None
 
 
-def apply_preferred(inputs, groups, data_format):
-    return True
-
-
-def window_correlation_support(keys, queries):
+def apply_xla_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     if _compiled_or_exported_graph():
-        return "XLA-compiled and exported graphs get the portable path"
-    dtype = tf.as_dtype(keys.dtype)
-    if dtype not in (tf.float32, tf.float64) or not _cpu_only():
-        return f"it runs float32/float64 on CPU-only TensorFlow (received {dtype.name})"
-    if _native_ops() is None:
-        return "the fused CPU kernels could not be built (see the warning)"
+        return "XLA-compiled and exported graphs get plain ops (a nested cluster cannot be compiled there)"
+    if forwardprop_util.pack_tangents([inputs, kernel]).indices:
+        # Forward mode differentiates the custom gradient's own gradient,
+        # which inside an XLA cluster meets slicing gradients (XLA's
+        # dynamic-update-slice) that TensorFlow cannot differentiate.
+        return "forward-mode differentiation gets plain ops"
     return None
+
+
+def apply_grouped_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return None
+
+
+apply_cpp = _checked(_cpp_apply)
+apply_xla = _checked(
+    lambda inputs, kernel, kernel_size, stride, dilation, groups, data_format:
+    _compiled(kernel_size, stride, dilation, groups, data_format)(inputs, kernel))
+apply_grouped = _checked(_grouped_apply)
+
+
+def window_correlation_reason(keys, queries, kernel_size, stride, dilation, groups):
+    return _native_op_support(keys, "the portable path")
 
 
 def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
@@ -513,26 +555,22 @@ def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
     )
 
 
-def batch_norm_support(inputs):
+def batch_norm_cpp_reason(inputs, gamma, beta, epsilon):
+    return _native_op_support(inputs, "TensorFlow's fused batch norm")
+
+
+def batch_norm_fused_reason(inputs, gamma, beta, epsilon):
     dtype = tf.as_dtype(inputs.dtype)
     if dtype not in (tf.float16, tf.bfloat16, tf.float32):
         return f"TensorFlow's fused batch normalization takes no {dtype.name} inputs"
     return None
 
 
-def batch_norm_training(inputs, gamma, beta, epsilon):
-    """Training-mode batch normalization over the last axis, one fused op.
-
-    Returns `(outputs, mean, variance)`, the variance biased (Keras'). On
-    CPU-only TensorFlow, outside XLA-compiled and exported graphs, the op
-    is this package's (`batch_norm_kernels.h`: two passes over memory each
-    way); elsewhere the map is viewed as `(pixels, 1, 1, channels)` for
-    TensorFlow's fused kernel, whose gradient is one fused op too. Keras'
-    own formulation takes about a dozen elementwise passes forward and back.
-    """
-    if (inputs.dtype in (tf.float32, tf.float64) and not _compiled_or_exported_graph() and _cpu_only()
-            and _native_ops() is not None):
-        return _native_batch_norm(inputs, gamma, beta, epsilon)
+def batch_norm_fused(inputs, gamma, beta, epsilon):
+    """Training-mode batch normalization over the last axis, by TensorFlow's
+    fused kernel on the `(pixels, 1, 1, channels)` view, whose gradient is
+    one fused op too. Returns `(outputs, mean, variance)`, the variance
+    biased (Keras')."""
     channels = inputs.shape[-1]
     flat = tf.reshape(inputs, (-1, 1, 1, channels))
     ones = tf.ones((channels,), tf.float32)
@@ -551,7 +589,9 @@ def batch_norm_training(inputs, gamma, beta, epsilon):
     return tf.reshape(outputs, tf.shape(inputs)), tf.stop_gradient(mean), tf.stop_gradient(variance)
 
 
-def _native_batch_norm(inputs, gamma, beta, epsilon):
+def batch_norm_cpp(inputs, gamma, beta, epsilon):
+    """Training-mode batch normalization over the last axis, this package's
+    C++ op (`batch_norm_kernels.h`: two passes over memory each way)."""
     ones = tf.ones(tf.shape(inputs)[-1:], inputs.dtype)
     gamma = ones if gamma is None else tf.cast(gamma, inputs.dtype)
     beta = tf.zeros_like(ones) if beta is None else tf.cast(beta, inputs.dtype)

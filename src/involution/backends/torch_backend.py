@@ -16,7 +16,7 @@ gradient buffer) so that no `K*K` temporaries are made or stored for the
 backward pass.
 
 While a model is exported (`torch.export`, ONNX, TorchScript) the
-`keras.ops` reference runs instead (`apply_support`), so that the artifact
+`keras.ops` reference runs instead (the kernels' `*_reason` functions), so that the artifact
 needs nothing of this package.
 """
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from involution import switches
 from involution.backends import native, padding, tap_offsets
 from involution.backends import window as _window
 
@@ -88,6 +89,7 @@ def _build_extension():
             name=name,
             build_directory=str(build_directory),
             sources=[str(_SOURCE)],
+            extra_include_paths=[str(native.KERNELS_DIR)],
             extra_cflags=native.CXX_FLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -253,45 +255,61 @@ _dense_relu_op.register_autograd(_dense_relu_backward, setup_context=_save_dense
 _dense_relu_backward_op.register_autograd(_dense_relu_backward_backward, setup_context=_save_dense_relu_backward)
 
 
-def fused_runs(tensor):
-    """Whether the fused ops run on `tensor`: CPU, float32/64, built kernels."""
-    return tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and _extension() is not None
-
-
 def exporting():
     """True while `torch.export`, `torch.onnx` or TorchScript traces a model.
 
     Exported programs should run without this package, so they get the
     portable `keras.ops` path, whose aten ops every exporter knows.
     """
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    return (switches.exportable_enabled() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing())
 
 
-# === What this backend runs fast (see `involution.ops`, "Dispatch") ===
+# === Kernels of the registry (`involution.registry`) ===
+
+
+def available(kernel):
+    """Why `kernel` cannot run on this machine at all, or None."""
+    if kernel.name == "torch-cpp" and _extension() is None:
+        return "the fused CPU kernels could not be built (no compiler or ninja, or a build error: see the warning)"
+    return None
 
 
 def prepare():
     _extension()
 
 
-def apply_support(inputs, kernel, groups, data_format):
+_EXPORTED = "an exported program gets the portable path"
+
+
+def _cpp_reason(tensor):
     if exporting():
-        return "an exported program gets the portable path"
-    return None
-
-
-def apply_preferred(inputs, groups, data_format):
-    return True
-
-
-def window_correlation_support(keys, queries):
-    if exporting():
-        return "an exported program gets the portable path"
-    if keys.device.type != "cpu" or keys.dtype not in (torch.float32, torch.float64):
-        return f"it runs float32/float64 CPU tensors only (received {keys.dtype} on {keys.device.type})"
+        return _EXPORTED
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return f"it runs float32/float64 CPU tensors only (received {tensor.dtype} on {tensor.device.type})"
     if _extension() is None:
         return "the fused CPU kernels could not be built (see the warning)"
     return None
+
+
+def apply_cpp_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _cpp_reason(inputs) or (None if kernel.dtype == inputs.dtype else "the kernel's dtype differs")
+
+
+def apply_cpp_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+    if channels // groups < FUSED_MIN_GROUP_CHANNELS:
+        return (f"fewer than {FUSED_MIN_GROUP_CHANNELS} channels per group ({channels // groups}): "
+                "the in-place path is faster")
+    return None
+
+
+def apply_inplace_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _EXPORTED if exporting() else None
+
+
+def window_correlation_reason(keys, queries, kernel_size, stride, dilation, groups):
+    return _cpp_reason(keys)
 
 
 def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
@@ -301,16 +319,12 @@ def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
     return _correlate_op(keys.contiguous(), queries.contiguous(), groups, kernel_size, stride, dilation)
 
 
-def batch_norm_support(inputs):
+def batch_norm_aten_reason(inputs, gamma, beta, epsilon):
     return None
 
 
-def dense_relu_support(inputs, kernel):
-    if exporting():
-        return "an exported program gets Keras' dense layer"
-    if not fused_runs(inputs):
-        return f"it runs float32/float64 CPU tensors only (received {inputs.dtype} on {inputs.device.type})"
-    return None
+def dense_relu_reason(inputs, kernel, bias):
+    return _cpp_reason(inputs)
 
 
 def dense_relu(inputs, kernel, bias):
@@ -320,7 +334,7 @@ def dense_relu(inputs, kernel, bias):
                           bias.to(inputs.dtype).contiguous())
 
 
-def pool_support(inputs, data_format, size=None, strides=None):
+def pool_reason(inputs, size, strides, mode, data_format):
     if data_format != "channels_last":
         return "channels_first maps are pooled by Keras' own op, which copies nothing"
     return None
@@ -419,14 +433,7 @@ def _differentiable_gradients(x, kernel, grad, ctx):
     return result
 
 
-def involution_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    channel_axis = -1 if data_format == "channels_last" else 1
-    if fused_runs(inputs) and inputs.shape[channel_axis] // groups >= FUSED_MIN_GROUP_CHANNELS:
-        return fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
-    return inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format)
-
-
-def fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+def apply_cpp(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     channels_first = data_format == "channels_first"
     if channels_first:
         inputs = inputs.permute(0, 2, 3, 1)
@@ -435,7 +442,7 @@ def fused_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_form
     return output.permute(0, 3, 1, 2) if channels_first else output
 
 
-def inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+def apply_inplace(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     taps = kernel_size * kernel_size
     if data_format == "channels_last":
         # Copies, on purpose: the taps' windows must be contiguous along W for
@@ -456,7 +463,7 @@ def inplace_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_fo
     return output
 
 
-def batch_norm_training(inputs, gamma, beta, epsilon):
+def batch_norm_aten(inputs, gamma, beta, epsilon):
     """Training-mode batch normalization over the last axis, one fused op.
 
     Returns `(outputs, mean, variance)`, the variance biased (Keras'). A

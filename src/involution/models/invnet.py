@@ -16,14 +16,14 @@ the same layout (3x3 kernels throughout) with local self-attention kernels
 import keras
 
 from involution.attention import LocalAttentionKernelGenerator
-from involution.convolution import Conv2D
-from involution.dense import Dense
+from involution.convolution import PortableConv2D
+from involution.dense import FusedDense
 from involution.geometry import channel_axis
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.ops import standardize_data_format
 from involution.models.registry import register_model
-from involution.normalization import BatchNormalization, LayerNormalization
-from involution.pooling import MaxPooling2D
+from involution.normalization import FusedBatchNormalization, PortableLayerNormalization
+from involution.pooling import FusedMaxPooling2D
 
 
 def _activation(activation, name):
@@ -36,29 +36,23 @@ def _activation(activation, name):
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
                normalization="batch", activation="relu", data_format="channels_last"):
     # Without normalization in between, a ReLU is the layer's own
-    # activation, which `Dense` fuses with the product on few features.
+    # activation, which `FusedDense` fuses with the product on few features.
     fused_activation = "relu" if activate and not normalize and activation == "relu" else None
-    if data_format == "channels_last":
-        # A 1x1 convolution written as a Dense layer on the channel axis:
-        # the same weights and result, one matrix product in this layout,
-        # where PyTorch's convolution would copy to channels-first and back
-        # for every call.
-        x = Dense(
-            filters, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
-            name=f"{name}_pointwise",
-        )(x)
-    else:
-        x = Conv2D(
-            filters, 1, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
-            data_format=data_format, name=f"{name}_pointwise",
-        )(x)
+    # A 1x1 convolution written as a Dense layer on the channel axis: the
+    # same result, one matrix product channels-last, where PyTorch's
+    # convolution would copy to channels-first and back for every call; and
+    # one `(in, out)` kernel in either layout, so weights move between them.
+    x = FusedDense(
+        filters, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
+        axis=channel_axis(data_format), name=f"{name}_pointwise",
+    )(x)
     if fused_activation:
         return x
     axis = channel_axis(data_format)
     if normalize and normalization == "batch":
-        x = BatchNormalization(axis=axis, momentum=momentum, name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(axis=axis, momentum=momentum, name=f"{name}_bn")(x)
     elif normalize:
-        x = LayerNormalization(axis=axis, epsilon=1e-3, name=f"{name}_ln")(x)
+        x = PortableLayerNormalization(axis=axis, epsilon=1e-3, name=f"{name}_ln")(x)
     if activate:
         x = _activation(activation, name)(x)
     return x
@@ -77,7 +71,7 @@ def _spatial(x, kernel_size, groups, key_dim, name, stride=1, momentum=0.9, dyna
             name=name.replace("involution", "depthwise"),
         )(x)
     if spatial == "conv":
-        return Conv2D(
+        return PortableConv2D(
             channels, kernel_size, strides=stride, padding="same", use_bias=False, data_format=data_format,
             name=name.replace("involution", "conv"),
         )(x)
@@ -249,10 +243,10 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
         raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride}")
     x = _spatial(x, kernel_sizes[0], stem_groups, None, "stem_involution", stride=stem_stride, **spatial_options)
     if stem_stride == 1:
-        x = MaxPooling2D(2, name="stem_pool", **pool)(x)
+        x = FusedMaxPooling2D(2, name="stem_pool", **pool)(x)
     for stage, (width, count, size) in enumerate(zip(widths, blocks, kernel_sizes), start=1):
         if stage > 1:
-            x = MaxPooling2D(2, name=f"stage{stage}_pool", **pool)(x)
+            x = FusedMaxPooling2D(2, name=f"stage{stage}_pool", **pool)(x)
         x = _pointwise(x, width, f"stage{stage}_expand", momentum=batch_norm_momentum,
                        regularizer=pointwise_regularizer, normalization=normalization, activation=activation,
                        data_format=data_format)
@@ -266,7 +260,7 @@ def involution_net(input_shape=None, num_classes=10, stem_width=48, stem_groups=
                 y = keras.layers.Dropout(block_dropout, name=f"{prefix}_dropout")(y)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
             x = _activation(activation, f"{prefix}_out")(x)
-    x = MaxPooling2D(2, name="head_pool", **pool)(x)
+    x = FusedMaxPooling2D(2, name="head_pool", **pool)(x)
     if hidden_units:
         # Flattened in channels-last order in either layout, so that the
         # hidden layer's weights mean the same.

@@ -9,13 +9,13 @@ for one that keeps 32x32 inputs at full resolution.
 
 import keras
 
-from involution.config import check_implementation
-from involution.convolution import Conv2D
+from involution import registry
+from involution.convolution import PortableConv2D
 from involution.geometry import channel_axis
 from involution.layer import Involution
 from involution.ops import standardize_data_format
-from involution.models.registry import register_model
-from involution.normalization import BatchNormalization
+from involution.models.registry import register_model, set_implementation
+from involution.normalization import FusedBatchNormalization
 
 # The stride of each stem: the paper's (a stride-2 convolution, then max
 # pooling), one that keeps 32x32 inputs at full size, and one that halves
@@ -33,12 +33,12 @@ GROUP_CHANNELS = 16
 
 
 def _batch_norm(x, name, data_format, zero_gamma=False):
-    return BatchNormalization(axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name=name,
+    return FusedBatchNormalization(axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name=name,
                               gamma_initializer="zeros" if zero_gamma else "ones")(x)
 
 
 def _conv_bn(x, filters, kernel_size, strides, name, data_format, activation=True, zero_gamma=False):
-    x = Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+    x = PortableConv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                             data_format=data_format, name=f"{name}_conv")(x)
     x = _batch_norm(x, f"{name}_bn", data_format, zero_gamma)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
@@ -158,10 +158,8 @@ class RedNet(keras.Model):
         self.width = width
         self.data_format = data_format
         self.pyramid_outputs = pyramid
-        self.implementation = check_implementation(implementation)
+        self.implementation = registry.check_implementation(implementation)
         if implementation != "auto":
-            from involution.models import set_implementation
-
             set_implementation(self, implementation)
 
     def get_config(self):

@@ -7,7 +7,7 @@ is a builder of a few lines that fixes the family's arguments.
 
 import functools
 
-from involution.config import check_implementation
+from involution import registry as kernels
 
 _REGISTRY = {}
 
@@ -26,7 +26,7 @@ def register_model(name):
 
         @functools.wraps(builder)
         def build(*args, implementation="auto", **kwargs):
-            check_implementation(implementation)
+            kernels.check_implementation(implementation)
             model = builder(*args, **kwargs)
             if implementation != "auto":
                 set_implementation(model, implementation)
@@ -39,15 +39,18 @@ def register_model(name):
 
 
 def set_implementation(model, implementation):
-    """Sets `implementation` on every layer of `model` that has a fast path.
+    """Sets `implementation` on every layer of `model` that has kernels.
 
-    Layers keep it in their configs, so a saved model reloads with it.
+    A kernel's name (`involution.registry`) goes to the layers of its op
+    (`KERNEL_OP`), and `"auto"` to the others. Layers keep it in their
+    configs, so a saved model reloads with it.
     """
-    check_implementation(implementation)
+    kernels.check_implementation(implementation)
     # The model itself too, where it keeps the argument in its config (RedNet).
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if isinstance(getattr(layer, "implementation", None), str):  # not e.g. an RNN's int
-            layer.implementation = implementation
+            op = getattr(layer, "KERNEL_OP", None)
+            layer.implementation = implementation if layer is model else kernels.for_op(implementation, op)
     return model
 
 

@@ -11,14 +11,14 @@ of comparison for the involution networks of the same size.
 
 import keras
 
-from involution.convolution import Conv2D
+from involution.convolution import PortableConv2D
 from involution.geometry import channel_axis
 from involution.models.registry import register_model
 from involution.ops import standardize_data_format
 
 
 def _convolution(filters, kernel_size, strides, name, data_format, weight_decay):
-    return Conv2D(
+    return PortableConv2D(
         filters, kernel_size, strides=strides, padding="same", kernel_initializer="he_normal",
         kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
         data_format=data_format, name=name,
