@@ -123,6 +123,12 @@ def worker_without(model_name, path, batch_size, warmup, repeats, budget):
         return model
 
     models = {"with": build(), "without": build()}
+    if path == "dense":
+        from involution.dense import FusedDense
+
+        if not any(isinstance(layer, FusedDense) and layer.activation is keras.activations.relu
+                   for layer in models["with"].layers):
+            return {"unused": True}
 
     def step(setting):
         start = time.perf_counter()
@@ -194,7 +200,7 @@ def format_without(results, backends, models, paths):
         for backend in backends:
             for name in models:
                 cell = results.get(backend, {}).get("without", {}).get(path, {}).get(name)
-                if cell is None:
+                if cell is None or "unused" in cell:
                     continue
                 if "error" in cell:
                     lines.append(f"| `{path}` | {backend} | `{name}` | failed | | |")
@@ -362,9 +368,13 @@ def main(argv=None):
             f"`train_on_batch` step: the `conv` row alone, every other cell the model's step / the conv step measured "
             f"alongside it in the same process = their ratio.\n\n"
             f"{table}\n\n{summary(results, backends)}\n")
+    _report(text, args.markdown)
+
+
+def _report(text, markdown):
     print("\n" + text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
+    if markdown:
+        with open(markdown, "w") as f:
             f.write(text)
 
 
@@ -384,7 +394,7 @@ def main_without(args, parser, results, backends, models):
                 started = time.perf_counter()
                 cells[name] = cell = run_without(backend, name, path, args)
                 _save_json(args.json, results)
-                text = (f"failed: {cell['error']}" if "error" in cell else
+                text = (f"failed: {cell['error']}" if "error" in cell else "not used" if "unused" in cell else
                         f"with {cell['with_ms']:7.1f} ms  without {cell['without_ms']:7.1f} ms  "
                         f"{cell['with_ms'] / cell['without_ms']:5.2f}")
                 print(f"{path:12s} {backend:10s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",
@@ -393,10 +403,7 @@ def main_without(args, parser, results, backends, models):
             f"per `train_on_batch` step with each path and without it (kernel paths: two copies of the model in "
             f"one process; block cache and malloc: alternating processes).\n\n"
             f"{format_without(results, backends, models, paths)}\n")
-    print("\n" + text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    _report(text, args.markdown)
 
 
 if __name__ == "__main__":

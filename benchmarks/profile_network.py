@@ -120,18 +120,20 @@ def _flatten(outputs):
 def _category(layer):
     from involution.layer import Involution
 
-    kind = type(layer).__name__
+    import keras
+
+    # By Keras' base classes: the fused layers subclass them.
     if isinstance(layer, Involution):
         return "involution"
-    if kind == "Dense":
+    if isinstance(layer, keras.layers.Dense):
         return "1x1 convolution" if len(layer.input.shape) == 4 else "dense head"
-    if kind in ("BatchNormalization", "LayerNormalization"):
+    if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization)):
         return "normalization"
-    if "Pooling" in kind:
+    if "Pooling" in type(layer).__name__:
         return "pooling"
-    if kind in ("ReLU", "Activation", "Add"):
+    if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation, keras.layers.Add)):
         return "elementwise"
-    if kind == "Conv2D":
+    if isinstance(layer, keras.layers.Conv2D):
         return "convolution"
     return "other layers"
 

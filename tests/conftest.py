@@ -46,3 +46,14 @@ def _clean_keras_state():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def restore_switches():
+    """Puts `involution.config`'s switches back to the environment's settings after the test."""
+    yield
+    from involution import config
+
+    for name in config.FAST_PATHS:
+        config.set_fast_path(name, None)
+    config.set_exportable(False)

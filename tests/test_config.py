@@ -14,11 +14,7 @@ from involution.models import create_model
 BACKEND = keras.backend.backend()
 
 
-@pytest.fixture(autouse=True)
-def _restore_switches():
-    yield
-    for name in config.FAST_PATHS:
-        config.set_fast_path(name, None)
+pytestmark = pytest.mark.usefixtures("restore_switches")
 
 
 @pytest.fixture

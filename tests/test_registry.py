@@ -21,11 +21,7 @@ from tests.backend_utils import apply_case
 BACKEND = keras.backend.backend()
 
 
-@pytest.fixture(autouse=True)
-def _restore_switches():
-    yield
-    for name in config.FAST_PATHS:
-        config.set_fast_path(name, None)
+pytestmark = pytest.mark.usefixtures("restore_switches")
 
 
 def apply_arguments(rng, channels=16, groups=2, dtype="float32", data_format="channels_last"):

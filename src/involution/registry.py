@@ -52,7 +52,8 @@ from involution import switches
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# The ops with kernels; their names are also `involution.config`'s switches.
+# The ops with kernels; their names are also `involution.config`'s switches
+# (but "conv", whose one kernel is the only way it runs on some machines).
 OPS = ("apply", "window_correlation", "batch_norm", "pool", "dense", "conv")
 GENERIC_IMPLEMENTATIONS = ("auto", "reference", "fast")
 
@@ -95,7 +96,7 @@ class Kernel:
 
     def binding(self):
         """The module holding the kernel's functions (imported on first use)."""
-        return importlib.import_module(f"involution.backends.{self.backend}_backend")
+        return binding(self.backend)
 
     def reason(self, **arguments):
         """None where this kernel runs `arguments` now, else why not."""
@@ -105,6 +106,19 @@ class Kernel:
 
     def __call__(self, **arguments):
         return getattr(self.binding(), self.run)(**arguments)
+
+
+# Imported once per backend; later look-ups read a dict, which compilers that
+# trace Python (`torch.compile`) step through without a graph break.
+_BINDINGS = {}
+
+
+def binding(backend):
+    """The binding module of `backend`'s kernels, `involution.backends.<backend>_backend`."""
+    module = _BINDINGS.get(backend)
+    if module is None:
+        module = _BINDINGS[backend] = importlib.import_module(f"involution.backends.{backend}_backend")
+    return module
 
 
 _FLOATS = ("float32", "float64")
@@ -320,4 +334,4 @@ def prepare():
     where the apply step's kernels are switched on."""
     backend = keras.backend.backend()
     if backend in BACKENDS and switches.fast_path_enabled("apply"):
-        importlib.import_module(f"involution.backends.{backend}_backend").prepare()
+        binding(backend).prepare()

@@ -27,6 +27,18 @@ The apply paths share one plan
 from involution.geometry import padding, tap_offsets  # noqa: F401  (the modules' shared geometry)
 
 
+def too_few_channels(inputs, groups, data_format, minimum, faster):
+    """Why `"auto"` passes over the C++ loops for this input, or None.
+
+    Their vectors are 8 channels wide: with fewer channels per group (the
+    Keras example's 3) they are mostly empty and `faster` wins.
+    """
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1] // groups
+    if channels < minimum:
+        return f"fewer than {minimum} channels per group ({channels}): {faster} is faster"
+    return None
+
+
 def pair(value):
     """A pooling size or stride as `(rows, cols)`."""
     return (value, value) if isinstance(value, int) else tuple(value)

@@ -32,7 +32,7 @@ from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
 from involution import switches
-from involution.backends import jax_onnx, native, padding, pair, tap_offsets
+from involution.backends import jax_onnx, native, padding, pair, tap_offsets, too_few_channels
 
 # Set to 0 to skip building the C++ kernels (XLA's path runs instead).
 FFI_ENV = "INVOLUTION_JAX_FFI"
@@ -385,11 +385,7 @@ def apply_xla_reason(inputs, kernel, kernel_size, stride, dilation, groups, data
 
 
 def apply_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if channels // groups < MIN_GROUP_CHANNELS:
-        return (f"fewer than {MIN_GROUP_CHANNELS} channels per group ({channels // groups}): XLA's autodiff "
-                "of the reference is faster")
-    return None
+    return too_few_channels(inputs, groups, data_format, MIN_GROUP_CHANNELS, "XLA's autodiff of the reference")
 
 
 def apply_ffi(inputs, kernel, kernel_size, stride, dilation, groups, data_format):

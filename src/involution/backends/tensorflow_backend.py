@@ -43,7 +43,7 @@ from tensorflow.python.eager import forwardprop_util
 from tensorflow.python.ops import control_flow_util
 
 from involution import switches
-from involution.backends import native, padding, pair, tap_offsets
+from involution.backends import native, padding, pair, tap_offsets, too_few_channels
 
 # Set to 0 to skip building the C++ ops (the XLA path runs instead).
 NATIVE_ENV = "INVOLUTION_TF_NATIVE"
@@ -514,10 +514,7 @@ def apply_cpp_reason(inputs, kernel, kernel_size, stride, dilation, groups, data
 
 
 def apply_cpp_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if channels // groups < MIN_GROUP_CHANNELS:
-        return f"fewer than {MIN_GROUP_CHANNELS} channels per group ({channels // groups}): XLA's loop is faster"
-    return None
+    return too_few_channels(inputs, groups, data_format, MIN_GROUP_CHANNELS, "XLA's loop")
 
 
 def apply_xla_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):

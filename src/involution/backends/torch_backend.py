@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from involution import switches
-from involution.backends import native, padding, tap_offsets
+from involution.backends import native, padding, tap_offsets, too_few_channels
 from involution.backends import window as _window
 
 # Set to 0 to skip building the C++ kernels (the in-place path runs instead).
@@ -80,7 +80,9 @@ def _build_extension():
     try:
         from torch.utils import cpp_extension
 
-        name = f"involution_cpu_{native.build_key(_SOURCE)}"
+        # The include folder's place is part of the key: PyTorch's builder
+        # rebuilds a folder whose build file changed.
+        name = f"involution_cpu_{native.build_key(_SOURCE, flags=('-Ikernels/cpu',))}"
         # PyTorch's builder loads `<build_directory>/<name>.so` and runs the
         # folder's build file: both must be the user's own.
         build_directory = native.kernel_dir(native.kernel_dir() / "torch" / name, library=f"{name}.so")
@@ -297,11 +299,7 @@ def apply_cpp_reason(inputs, kernel, kernel_size, stride, dilation, groups, data
 
 
 def apply_cpp_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
-    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if channels // groups < FUSED_MIN_GROUP_CHANNELS:
-        return (f"fewer than {FUSED_MIN_GROUP_CHANNELS} channels per group ({channels // groups}): "
-                "the in-place path is faster")
-    return None
+    return too_few_channels(inputs, groups, data_format, FUSED_MIN_GROUP_CHANNELS, "the in-place path")
 
 
 def apply_inplace_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
