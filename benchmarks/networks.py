@@ -20,7 +20,7 @@ table.
 `--without PATHS` measures what each CPU fast path saves instead: for every
 path, backend (Keras' default compile) and model, the training step with
 the path against the same step without it. Kernel paths (`batch_norm`,
-`pool`, `dense`) are switched off for the second of two copies of the
+`pool`) are switched off for the second of two copies of the
 model in one process (`involution.config.fast_paths(False, ...)` around its
 steps, so that traced steps trace without it); process-wide ones
 (`block_cache`: `INVOLUTION_BLOCK_CACHE_MB=0`; `malloc`: glibc's default
@@ -30,7 +30,7 @@ without it, each timing the model beside `conv`.
 Usage:
     python benchmarks/networks.py --json networks.json --markdown networks.md
     python benchmarks/networks.py --backends tensorflow --models conv,invnet --jit off
-    python benchmarks/networks.py --models invnet,rednet26_cifar_tiny --without batch_norm,pool,dense,block_cache,malloc
+    python benchmarks/networks.py --models invnet --without batch_norm,pool,block_cache,malloc
 """
 
 import argparse
@@ -123,12 +123,6 @@ def worker_without(model_name, path, batch_size, warmup, repeats, budget):
         return model
 
     models = {"with": build(), "without": build()}
-    if path == "dense":
-        from involution.dense import FusedDense
-
-        if not any(isinstance(layer, FusedDense) and layer.activation is keras.activations.relu
-                   for layer in models["with"].layers):
-            return {"unused": True}
 
     def step(setting):
         start = time.perf_counter()
@@ -158,10 +152,10 @@ def worker_without(model_name, path, batch_size, warmup, repeats, budget):
 
 # What turns each process-wide path off in a worker's environment.
 PROCESS_PATHS = {"block_cache": {"INVOLUTION_BLOCK_CACHE_MB": "0"}, "malloc": None}
-KERNEL_PATHS = ("batch_norm", "pool", "dense")
+KERNEL_PATHS = ("batch_norm", "pool")
 # The backends whose code each path changes.
 PATH_BACKENDS = {"batch_norm": ("tensorflow", "torch"), "pool": ("tensorflow", "jax", "torch"),
-                 "dense": ("tensorflow", "torch"), "block_cache": ("tensorflow", "torch"),
+                 "block_cache": ("tensorflow", "torch"),
                  "malloc": ("tensorflow", "jax", "torch")}
 
 
@@ -200,7 +194,7 @@ def format_without(results, backends, models, paths):
         for backend in backends:
             for name in models:
                 cell = results.get(backend, {}).get("without", {}).get(path, {}).get(name)
-                if cell is None or "unused" in cell:
+                if cell is None:
                     continue
                 if "error" in cell:
                     lines.append(f"| `{path}` | {backend} | `{name}` | failed | | |")
@@ -394,7 +388,7 @@ def main_without(args, parser, results, backends, models):
                 started = time.perf_counter()
                 cells[name] = cell = run_without(backend, name, path, args)
                 _save_json(args.json, results)
-                text = (f"failed: {cell['error']}" if "error" in cell else "not used" if "unused" in cell else
+                text = (f"failed: {cell['error']}" if "error" in cell else
                         f"with {cell['with_ms']:7.1f} ms  without {cell['without_ms']:7.1f} ms  "
                         f"{cell['with_ms'] / cell['without_ms']:5.2f}")
                 print(f"{path:12s} {backend:10s} {name:22s} {text}  [{time.perf_counter() - started:.0f} s]",

@@ -5,7 +5,7 @@ import pytest
 
 from involution import Involution, InvolutionKernelGenerator, LocalAttentionKernelGenerator
 from involution.convolution import PortableConv2D as Conv2D
-from involution.dense import FusedDense
+from involution.dense import PortableDense
 from involution.normalization import FusedBatchNormalization as BatchNormalization
 from involution.pooling import FusedMaxPooling2D as MaxPooling2D
 from involution.normalization import PortableLayerNormalization as LayerNormalization
@@ -27,8 +27,8 @@ CASES = {
     "batch_norm": (BatchNormalization, dict(momentum=0.9), (2, 4, 4, 16), (2, 4, 4, 16)),
     "layer_norm_channels_first": (LayerNormalization, dict(axis=1), (2, 16, 4, 4), (2, 16, 4, 4)),
     "max_pooling": (MaxPooling2D, dict(pool_size=2), (2, 6, 6, 16), (2, 3, 3, 16)),
-    "dense_relu": (FusedDense, dict(units=8, activation="relu"), (2, 5, 5, 3), (2, 5, 5, 8)),
-    "dense_channels_first": (FusedDense, dict(units=8, axis=1), (2, 3, 5, 5), (2, 8, 5, 5)),
+    "dense_relu": (PortableDense, dict(units=8, activation="relu"), (2, 5, 5, 3), (2, 5, 5, 8)),
+    "dense_channels_first": (PortableDense, dict(units=8, axis=1), (2, 3, 5, 5), (2, 8, 5, 5)),
 }
 
 

@@ -11,7 +11,6 @@ whole process:
 | `"window_correlation"` | local attention's query-key logits | `INVOLUTION_FAST_WINDOW_CORRELATION` |
 | `"batch_norm"` | `involution.normalization.FusedBatchNormalization`'s training step | `INVOLUTION_FAST_BATCH_NORM` |
 | `"pool"` | pooling without layout copies (`involution.ops.pool`) | `INVOLUTION_FAST_POOL` |
-| `"dense"` | `involution.dense.FusedDense` with ReLU on few input features (`involution.ops.dense_relu`) | `INVOLUTION_FAST_DENSE` |
 
 An environment variable set to `0` turns its op's kernels off when the
 process starts; `set_fast_path` overrides it. `implementation="fast"` or a

@@ -1,35 +1,25 @@
-"""`FusedDense`: Keras' dense layer, with a fused CPU kernel for ReLU on few features."""
+"""`PortableDense`: Keras' dense layer over any axis, a 1x1 convolution in either layout."""
 
 import keras
 
-from involution import ops as involution_ops
-from involution import registry
 from involution.saving import register_load_aliases
 
 
 @keras.saving.register_keras_serializable(package="involution")
-class FusedDense(keras.layers.Dense):
-    """`keras.layers.Dense` that fuses ReLU on inputs of few features.
+class PortableDense(keras.layers.Dense):
+    """`keras.layers.Dense` over the features of any axis.
 
-    A network's first 1x1 convolution on an image (three colours into
-    tens of channels, written as a dense layer over the channel axis) is
-    memory-bound: Keras' matrix product, bias addition and activation each
-    write a full-resolution map, and the activation's gradient one more.
-    With `activation="relu"` and at most
-    `involution.ops.DENSE_RELU_MAX_FEATURES` input features, this layer
-    runs `involution.ops.dense_relu` instead (`involution.registry`, op
-    `"dense"`), which writes the output once forward and no map
-    backward. Same arguments, weights and results as Keras' layer (with
-    LoRA enabled, the fused op takes the adapted kernel); other
-    activations, more features and quantized layers run Keras' own code.
+    A 1x1 convolution is a dense layer over the channel axis. Channels-last
+    that is Keras' `Dense` (one matrix product, where PyTorch's convolution
+    would copy the map to channels-first and back); channels-first it is
+    this layer with `axis=1`, whose kernel, `(input_dim, units)`, is the
+    channels-last layer's, so a network's weights move between the two
+    layouts unchanged. Same weights and results as Keras' layer on the
+    last axis.
 
     Args:
-        implementation: `"auto"`, `"reference"` (Keras' code), `"fast"` or
-            a kernel's name (`involution.registry`, op `"dense"`).
-        axis: int, the axis of the input features (default -1, the last);
-            `axis=1` makes a channels-first 1x1 convolution whose kernel,
-            `(input_dim, units)`, is the channels-last layer's.
         units, activation, use_bias, **kwargs: as in `keras.layers.Dense`.
+        axis: int, the axis of the input features (default -1, the last).
 
     Input shape:
         N-D tensor `(batch_size, ..., input_dim)`, the features on `axis`.
@@ -39,17 +29,13 @@ class FusedDense(keras.layers.Dense):
 
     Example:
 
-    >>> x = np.random.rand(2, 8, 8, 3).astype("float32")
-    >>> FusedDense(16, activation="relu")(x).shape
-    (2, 8, 8, 16)
+    >>> x = np.random.rand(2, 3, 8, 8).astype("float32")
+    >>> PortableDense(16, activation="relu", axis=1)(x).shape
+    (2, 16, 8, 8)
     """
 
-    # A kernel's name in `implementation` selects kernels of the op below.
-    KERNEL_OP = "dense"
-
-    def __init__(self, units, activation=None, implementation="auto", axis=-1, **kwargs):
+    def __init__(self, units, activation=None, axis=-1, **kwargs):
         super().__init__(units, activation=activation, **kwargs)
-        self.implementation = registry.check_implementation(implementation, "dense")
         if not isinstance(axis, int) or isinstance(axis, bool):
             raise ValueError(f"The `axis` argument must be an integer. Received: axis={axis!r}")
         self.axis = axis
@@ -76,25 +62,19 @@ class FusedDense(keras.layers.Dense):
         return tuple(output_shape)
 
     def call(self, inputs, training=None):
-        if self.axis % len(inputs.shape) != len(inputs.shape) - 1:
-            # Features on another axis (a channels-first map): the same
-            # kernel, so weights move between layouts unchanged.
-            axis = self.axis % len(inputs.shape)
-            return keras.ops.moveaxis(self._call_last(keras.ops.moveaxis(inputs, axis, -1), training), -1, axis)
-        return self._call_last(inputs, training)
-
-    def _call_last(self, inputs, training):
-        if self.activation is not keras.activations.relu:
+        axis = self.axis % len(inputs.shape)
+        if axis == len(inputs.shape) - 1:
             return super().call(inputs, training=training)
-        bias = self.bias if self.bias is not None else keras.ops.zeros((self.units,), self.compute_dtype)
-        return involution_ops.dense_relu(inputs, self.kernel, bias, self.implementation)
+        moved = super().call(keras.ops.moveaxis(inputs, axis, -1), training=training)
+        return keras.ops.moveaxis(moved, -1, axis)
 
     def get_config(self):
         config = super().get_config()
-        config["implementation"] = self.implementation
         config["axis"] = self.axis
         return config
 
 
-# Earlier releases registered this layer under Keras' own class name.
-register_load_aliases({"Dense": FusedDense})
+# Earlier releases registered a dense layer with a fused ReLU kernel under
+# Keras' own class name, with an `implementation` argument that no longer
+# selects anything.
+register_load_aliases({"Dense": PortableDense}, obsolete=("implementation",))

@@ -1,4 +1,4 @@
-"""The library's ops: the involution apply step, pooling, dense with ReLU.
+"""The library's ops: the involution apply step and pooling.
 
 Each op is its portable `keras.ops` formulation, the tested reference, and
 the kernels of `involution.registry`, which `registry.choose` picks from.
@@ -262,37 +262,6 @@ def pool(inputs, size, strides, mode, data_format, implementation="auto"):
         return chosen(**arguments)
     pooling = ops.max_pool if mode == "max" else ops.average_pool
     return pooling(inputs, size, strides, "valid", data_format)
-
-
-# A fused dense layer pays where the product is a small part of the work:
-# few input features (an image's colours) into many units.
-DENSE_RELU_MAX_FEATURES = 16
-
-
-def dense_relu(inputs, kernel, bias, implementation="auto"):
-    """`relu(inputs @ kernel + bias)` over the last axis, or the backend's fused op.
-
-    Its kernels (`involution.registry`, op `"dense"`) take inputs of at most
-    `DENSE_RELU_MAX_FEATURES` features, float32 or float64, on PyTorch's CPU
-    (not while exporting) and on CPU-only TensorFlow (outside XLA-compiled
-    and exported graphs): one C++ loop forward, writing only the output,
-    and one backward, writing only the input, kernel and bias gradients
-    (the ReLU's mask is the output's sign).
-    """
-    inputs = ops.convert_to_tensor(inputs)
-    features = inputs.shape[-1]
-    if features is None or features > DENSE_RELU_MAX_FEATURES:
-        if implementation not in ("auto", "reference"):
-            raise ValueError(
-                f"The dense kernels take at most {DENSE_RELU_MAX_FEATURES} input features (received {features}). "
-                f"Use 'auto' or 'reference'. Received: implementation={implementation!r}"
-            )
-        implementation = "reference"
-    arguments = dict(inputs=inputs, kernel=ops.convert_to_tensor(kernel), bias=ops.convert_to_tensor(bias))
-    chosen = registry.choose("dense", implementation, **arguments)
-    if chosen is not None:
-        return chosen(**arguments)
-    return ops.relu(ops.add(ops.matmul(inputs, kernel), bias))
 
 
 def average_pool_same(inputs, size, data_format, implementation="auto"):

@@ -1,8 +1,8 @@
 """The kernel registry: every fast path of the library, declared in one table.
 
 Each op of the library (the involution apply step, local attention's
-window correlation, batch normalization's training step, pooling, the
-fused dense layer with ReLU, channels-first convolution) has a portable
+window correlation, batch normalization's training step, pooling,
+channels-first convolution) has a portable
 `keras.ops` reference, its tested reference, and zero or more *kernels*:
 entries of `KERNELS`, one per (op, backend, implementation). An entry
 says where it can run (backend, device kinds, dtypes) and names the two
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("tensorflow", "jax", "torch")
 # The ops with kernels; their names are also `involution.config`'s switches
 # (but "conv", whose one kernel is the only way it runs on some machines).
-OPS = ("apply", "window_correlation", "batch_norm", "pool", "dense", "conv")
+OPS = ("apply", "window_correlation", "batch_norm", "pool", "conv")
 GENERIC_IMPLEMENTATIONS = ("auto", "reference", "fast")
 
 
@@ -177,13 +177,6 @@ KERNELS = (
     Kernel("jax-tiles", "pool", "jax", ("cpu", "gpu"), _HALF_AND_FLOATS,
            "tiling windows as a reshape and a reduction, with a fused derivative",
            "backends/jax_backend.py", "pool_reason", "pool"),
-    # Dense with ReLU on few input features.
-    Kernel("torch-cpp", "dense", "torch", ("cpu",), _FLOATS,
-           "one C++ loop forward, one backward (the ReLU's mask from the output's sign)",
-           "kernels/cpu/dense_kernels.h", "dense_relu_reason", "dense_relu"),
-    Kernel("tensorflow-cpp", "dense", "tensorflow", ("cpu",), _FLOATS,
-           "one C++ op forward, one backward (the ReLU's mask from the output's sign)",
-           "kernels/cpu/dense_kernels.h", "dense_relu_reason", "dense_relu"),
     # Channels-first convolution where TensorFlow's CPU has none.
     Kernel("tensorflow-transposed", "conv", "tensorflow", ("cpu",), _HALF_AND_FLOATS,
            "channels_last convolution between two transposes (TensorFlow's CPU convolves channels_last only "

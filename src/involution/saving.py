@@ -15,21 +15,29 @@ import keras
 PACKAGE = "involution"
 
 
-def register_load_aliases(aliases):
+def register_load_aliases(aliases, obsolete=()):
     """Registers, for each old name, a subclass of the renamed layer called by that name.
 
     Args:
         aliases: dict of old class names to the layer classes that replaced
             them.
+        obsolete: configuration keys of the old layers that the new ones
+            no longer take (dropped when loading).
 
     Returns:
         The dict of old names to their load-only classes.
     """
+
+    def from_config(cls, config):
+        config = {key: value for key, value in config.items() if key not in obsolete}
+        return super(cls, cls).from_config(config)
+
     classes = {}
     for old_name, cls in aliases.items():
         alias = type(old_name, (cls,), {
             "__doc__": f"`{cls.__name__}` under the name earlier releases saved it as (loads those files).",
             "__module__": cls.__module__,
+            "from_config": classmethod(from_config),
         })
         classes[old_name] = keras.saving.register_keras_serializable(package=PACKAGE, name=old_name)(alias)
     return classes

@@ -8,7 +8,7 @@ the module that imports them.
 import contextlib
 import os
 
-FAST_PATHS = ("apply", "window_correlation", "batch_norm", "pool", "dense")
+FAST_PATHS = ("apply", "window_correlation", "batch_norm", "pool")
 
 _overrides = {}
 # `set_exportable`'s setting, then the `exportable()` blocks open now.

@@ -314,66 +314,6 @@ def test_pool_reasons():
                                                                 "channels_last")
 
 
-def _plain_dense_relu(x, kernel, bias):
-    return tf.nn.relu(tf.tensordot(x, kernel, 1) + bias)
-
-
-@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (9, 1), (3, 4, 16)])
-def test_native_dense_relu_matches_numpy(rng, shape):
-    # float64 through the op itself; a bias that leaves about half the units
-    # inactive, so the mask matters.
-    units = 10
-    x, kernel, bias = rng.normal(size=shape), rng.normal(size=(shape[-1], units)), rng.normal(size=units)
-    upstream = rng.normal(size=(*shape[:-1], units))
-    pre = x @ kernel + bias
-    masked = np.where(pre > 0, upstream, 0.0).reshape(-1, units)
-    x_, kernel_, bias_ = (tf.constant(a) for a in (x, kernel, bias))
-    with tf.GradientTape() as tape:
-        tape.watch([x_, kernel_, bias_])
-        outputs = tensorflow_backend.dense_relu(x_, kernel_, bias_)
-        loss = tf.reduce_sum(outputs * upstream)
-    grad_x, grad_kernel, grad_bias = tape.gradient(loss, [x_, kernel_, bias_])
-    tolerance = dict(rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(outputs.numpy(), np.maximum(pre, 0), **tolerance)
-    np.testing.assert_allclose(grad_x.numpy(), (masked @ kernel.T).reshape(shape), **tolerance)
-    np.testing.assert_allclose(grad_kernel.numpy(), x.reshape(-1, shape[-1]).T @ masked, **tolerance)
-    np.testing.assert_allclose(grad_bias.numpy(), masked.sum(0), **tolerance)
-
-
-def test_native_dense_relu_gradients_of_gradients_match_the_plain_ops(rng):
-    x = tf.constant(rng.normal(size=(3, 4, 5, 3)))
-    kernel, bias = tf.constant(rng.normal(size=(3, 6))), tf.constant(rng.normal(size=6))
-    native = _second_order_terms(tensorflow_backend.dense_relu, x, kernel, bias)
-    plain = _second_order_terms(_plain_dense_relu, x, kernel, bias)
-    for ours, theirs in zip(native, plain):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
-
-
-def test_native_dense_relu_checks_shapes_before_running():
-    operations = tensorflow_backend._native_ops()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="do not match"):
-        operations.involution_dense_relu(tf.zeros((2, 4)), tf.zeros((3, 8)), tf.zeros(8))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must have shape \(8\)"):
-        operations.involution_dense_relu(tf.zeros((2, 3)), tf.zeros((3, 8)), tf.zeros(7))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"y and grad must have shape \[2,8\]"):
-        operations.involution_dense_relu_grad(tf.zeros((2, 3)), tf.zeros((3, 8)), tf.zeros((2, 8)),
-                                              tf.zeros((2, 7)))
-
-
-def test_dense_relu_takes_the_native_op_outside_compiled_graphs():
-    x = tf.constant(np.random.default_rng(0).normal(size=(4, 3, 3, 3)), tf.float32)
-    kernel, bias = tf.ones((3, 8)), tf.zeros(8)
-    from involution.ops import dense_relu
-
-    def op_types(**options):
-        graph = tf.function(lambda: dense_relu(x, kernel, bias), **options)
-        return {op.type for op in graph.get_concrete_function().graph.get_operations()}
-
-    assert "InvolutionDenseRelu" in op_types()
-    assert "InvolutionDenseRelu" not in op_types(jit_compile=True)
-    assert "float32/float64" in tensorflow_backend.dense_relu_reason(tf.zeros((2, 3), tf.float16), kernel, bias)
-
-
 def test_large_outputs_are_fully_written_when_their_blocks_are_reused(rng):
     # Outputs of 8 MiB and more come from a cache of freed blocks: the
     # second pooling gradient gets the first's block, holding its values.

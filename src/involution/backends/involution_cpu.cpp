@@ -16,7 +16,6 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 }  // namespace involution
 
 #include "involution_kernels.h"
-#include "dense_kernels.h"
 #include "block_cache.h"
 
 namespace {
@@ -137,61 +136,7 @@ torch::Tensor correlate(torch::Tensor x, torch::Tensor grad, int64_t groups, int
   return out;
 }
 
-// A dense layer with ReLU over the last axis (dense_kernels.h): x (..., in),
-// kernel (in, out), bias (out) -> y (..., out).
-involution::dense::Sizes dense_sizes(const torch::Tensor& x, const torch::Tensor& kernel,
-                                     std::initializer_list<const torch::Tensor*> like_output) {
-  for (const torch::Tensor* t : {&x, &kernel}) {
-    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
-                "involution_cpu: dense inputs must be contiguous CPU tensors of one dtype");
-  }
-  TORCH_CHECK(x.dim() >= 1 && kernel.dim() == 2 && kernel.size(0) == x.size(-1), "involution_cpu: kernel has shape ",
-              kernel.sizes(), ", expected (", x.size(-1), ", units)");
-  const involution::dense::Sizes sizes{kernel.size(0) ? x.numel() / kernel.size(0) : 0, kernel.size(0),
-                                       kernel.size(1)};
-  auto output = x.sizes().vec();
-  output.back() = sizes.out;
-  for (const torch::Tensor* t : like_output) {
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == x.scalar_type() && t->sizes().vec() == output,
-                "involution_cpu: y and grad must be contiguous, of shape ", at::IntArrayRef(output), ", got ",
-                t->sizes());
-  }
-  return sizes;
-}
-
-torch::Tensor dense_relu(torch::Tensor x, torch::Tensor kernel, torch::Tensor bias) {
-  const auto sizes = dense_sizes(x, kernel, {});
-  TORCH_CHECK(bias.is_contiguous() && bias.dim() == 1 && bias.size(0) == sizes.out &&
-                  bias.scalar_type() == x.scalar_type(),
-              "involution_cpu: bias has shape ", bias.sizes(), ", expected (", sizes.out, ")");
-  auto shape = x.sizes().vec();
-  shape.back() = sizes.out;
-  auto y = empty_map(shape, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_dense_relu", [&] {
-    involution::dense::relu_forward<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(),
-                                              bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), sizes);
-  });
-  return y;
-}
-
-std::vector<torch::Tensor> dense_relu_backward(torch::Tensor x, torch::Tensor kernel, torch::Tensor y,
-                                               torch::Tensor grad) {
-  const auto sizes = dense_sizes(x, kernel, {&y, &grad});
-  auto grad_x = empty_map(x.sizes(), x.options());
-  auto grad_kernel = torch::empty_like(kernel);
-  auto grad_bias = torch::empty({sizes.out}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "involution_dense_relu_backward", [&] {
-    involution::dense::relu_backward<scalar_t>(x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(),
-                                               y.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                               grad_x.data_ptr<scalar_t>(), grad_kernel.data_ptr<scalar_t>(),
-                                               grad_bias.data_ptr<scalar_t>(), sizes);
-  });
-  return {grad_x, grad_kernel, grad_bias};
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("dense_relu", &dense_relu, "Dense layer with ReLU over the last axis (CPU)");
-  m.def("dense_relu_backward", &dense_relu_backward, "Gradients of dense_relu from its output (CPU)");
   m.def("forward", &forward, "Involution apply step, channels-last (CPU)");
   m.def("backward", &backward, "Gradients of the involution apply step (CPU)");
   m.def("input_gradient", &input_gradient, "Input gradient of the involution apply step (CPU)");

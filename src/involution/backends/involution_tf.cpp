@@ -9,9 +9,8 @@
 // dilation.
 //
 // Beside them, ops for the layers around the apply step on CPU-only
-// TensorFlow: training-mode batch normalization (batch_norm_kernels.h),
-// pooling by tiles (pool_kernels.h) and a dense layer with ReLU on few
-// features (dense_kernels.h), each with its gradient op.
+// TensorFlow: training-mode batch normalization (batch_norm_kernels.h) and
+// pooling by tiles (pool_kernels.h), each with its gradient op.
 
 #include <algorithm>
 #include <cstdint>
@@ -53,7 +52,6 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
 #include "involution_kernels.h"
 #include "batch_norm_kernels.h"
 #include "pool_kernels.h"
-#include "dense_kernels.h"
 #include "block_cache.h"
 
 namespace {
@@ -190,42 +188,6 @@ REGISTER_OP("InvolutionPoolGrad")
     .Attr("mode: {'max', 'average'}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
-      return absl::OkStatus();
-    });
-
-// relu(x kernel + bias) over the last axis of x (dense_kernels.h).
-REGISTER_OP("InvolutionDenseRelu")
-    .Input("x: T")
-    .Input("kernel: T")
-    .Input("bias: T")
-    .Output("y: T")
-    .Attr("T: {float, double}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle x, kernel, out;
-      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
-      TF_RETURN_IF_ERROR(c->ReplaceDim(x, -1, c->Dim(kernel, 1), &out));
-      c->set_output(0, out);
-      return absl::OkStatus();
-    });
-
-// The gradients of InvolutionDenseRelu(x, kernel, bias) = y for the output
-// gradient `grad`, from y (whose sign is the ReLU's mask).
-REGISTER_OP("InvolutionDenseReluGrad")
-    .Input("x: T")
-    .Input("kernel: T")
-    .Input("y: T")
-    .Input("grad: T")
-    .Output("grad_x: T")
-    .Output("grad_kernel: T")
-    .Output("grad_bias: T")
-    .Attr("T: {float, double}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle kernel;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
-      c->set_output(0, c->input(0));
-      c->set_output(1, kernel);
-      c->set_output(2, c->Vector(c->Dim(kernel, 1)));
       return absl::OkStatus();
     });
 
@@ -507,71 +469,6 @@ class PoolGradOp : public PoolOp {
   }
 };
 
-// The dense ops: x (..., in) seen as (rows, in), kernel (in, out).
-absl::Status dense_sizes(const Tensor& x, const Tensor& kernel, involution::dense::Sizes* s) {
-  if (x.dims() < 1 || kernel.dims() != 2 || x.dim_size(x.dims() - 1) != kernel.dim_size(0)) {
-    return invalid("x (..., in) and kernel (in, out) do not match: " + x.shape().DebugString() + " and " +
-                   kernel.shape().DebugString());
-  }
-  *s = involution::dense::Sizes{kernel.dim_size(0) ? x.NumElements() / kernel.dim_size(0) : 0, kernel.dim_size(0),
-                                kernel.dim_size(1)};
-  return absl::OkStatus();
-}
-
-TensorShape dense_output_shape(const Tensor& x, int64_t units) {
-  TensorShape shape = x.shape();
-  shape.set_dim(shape.dims() - 1, units);
-  return shape;
-}
-
-template <typename T>
-class DenseReluOp : public OpKernel {
- public:
-  using OpKernel::OpKernel;
-  void Compute(OpKernelContext* context) override {
-    const Tensor& x = context->input(0);
-    const Tensor& kernel = context->input(1);
-    const Tensor& bias = context->input(2);
-    involution::dense::Sizes s;
-    OP_REQUIRES_OK(context, dense_sizes(x, kernel, &s));
-    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == s.out,
-                invalid("bias must have shape (" + std::to_string(s.out) + "), got " + bias.shape().DebugString()));
-    Tensor* y = nullptr;
-    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, dense_output_shape(x, s.out), &y));
-    run_on_threads(context, [&] {
-      involution::dense::relu_forward<T>(x.flat<T>().data(), kernel.flat<T>().data(), bias.flat<T>().data(),
-                                         y->flat<T>().data(), s);
-    });
-  }
-};
-
-template <typename T>
-class DenseReluGradOp : public OpKernel {
- public:
-  using OpKernel::OpKernel;
-  void Compute(OpKernelContext* context) override {
-    const Tensor& x = context->input(0);
-    const Tensor& kernel = context->input(1);
-    const Tensor& y = context->input(2);
-    const Tensor& grad = context->input(3);
-    involution::dense::Sizes s;
-    OP_REQUIRES_OK(context, dense_sizes(x, kernel, &s));
-    const TensorShape expected = dense_output_shape(x, s.out);
-    OP_REQUIRES(context, y.shape() == expected && grad.shape() == expected,
-                invalid("y and grad must have shape " + expected.DebugString() + ", got " + y.shape().DebugString() +
-                        " and " + grad.shape().DebugString()));
-    Tensor *grad_x = nullptr, *grad_kernel = nullptr, *grad_bias = nullptr;
-    OP_REQUIRES_OK(context, allocate_map<T>(context, 0, x.shape(), &grad_x));
-    OP_REQUIRES_OK(context, context->allocate_output(1, kernel.shape(), &grad_kernel));
-    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({s.out}), &grad_bias));
-    run_on_threads(context, [&] {
-      involution::dense::relu_backward<T>(x.flat<T>().data(), kernel.flat<T>().data(), y.flat<T>().data(),
-                                          grad.flat<T>().data(), grad_x->flat<T>().data(),
-                                          grad_kernel->flat<T>().data(), grad_bias->flat<T>().data(), s);
-    });
-  }
-};
-
 #define INVOLUTION_REGISTER(T)                                                                           \
   REGISTER_KERNEL_BUILDER(Name("InvolutionApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
                           ApplyOp<T>);                                                                   \
@@ -588,11 +485,7 @@ class DenseReluGradOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(Name("InvolutionPool").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
                           PoolForwardOp<T>);                                                             \
   REGISTER_KERNEL_BUILDER(Name("InvolutionPoolGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
-                          PoolGradOp<T>);                                                        \
-  REGISTER_KERNEL_BUILDER(Name("InvolutionDenseRelu").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),  \
-                          DenseReluOp<T>);                                                       \
-  REGISTER_KERNEL_BUILDER(Name("InvolutionDenseReluGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-                          DenseReluGradOp<T>);
+                          PoolGradOp<T>);
 
 INVOLUTION_REGISTER(float)
 INVOLUTION_REGISTER(double)

@@ -24,7 +24,7 @@ KERNELS_DIR = Path(__file__).parents[1] / "kernels" / "cpu"
 KERNELS_HEADER = KERNELS_DIR / "involution_kernels.h"
 # Every header a binding may include: part of every build's key.
 SHARED_HEADERS = tuple(KERNELS_DIR / name for name in (
-    "involution_kernels.h", "batch_norm_kernels.h", "pool_kernels.h", "dense_kernels.h", "block_cache.h"))
+    "involution_kernels.h", "batch_norm_kernels.h", "pool_kernels.h", "block_cache.h"))
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 

@@ -278,21 +278,6 @@ def _register_gradients(operations):
         grads = tape.gradient(outputs, [upstream, x, gamma], output_gradients=cts)
         return (*grads, None, None)
 
-    # Dense with ReLU: the gradient op is linear in the output gradient and
-    # in each of x and the kernel, and depends on y only through its sign
-    # (the ReLU's mask), so its own gradient is the plain-op formulation's
-    # with the mask held fixed (as in the PyTorch backend).
-    @tf.RegisterGradient("InvolutionDenseRelu")
-    def _dense_relu_gradient(op, ct):
-        x, kernel, _ = op.inputs
-        return operations.involution_dense_relu_grad(x, kernel, op.outputs[0], ct)
-
-    @tf.RegisterGradient("InvolutionDenseReluGrad")
-    def _dense_relu_grad_gradient(op, ct_x, ct_kernel, ct_bias):
-        x, kernel, y, grad = op.inputs
-        grad_x, grad_kernel, grad_grad = _dense_relu_grad_transposes(x, kernel, y, grad, ct_x, ct_kernel, ct_bias)
-        return grad_x, grad_kernel, None, grad_grad
-
 
 @functools.lru_cache(maxsize=None)
 def _cpu_only():
@@ -324,39 +309,6 @@ def pool(inputs, size, strides, mode, data_format="channels_last"):
     """Max or average pooling over square tiles ("valid"), one C++ op each
     way (`pool_kernels.h`)."""
     return _native_ops().involution_pool(inputs, size=pair(size)[0], mode="max" if mode == "max" else "average")
-
-
-
-def _dense_relu_grad_transposes(x, kernel, y, grad, ct_x, ct_kernel, ct_bias):
-    """Cotangents of (x, kernel, grad) for those of the dense gradient op's
-    outputs (M kernel^T, x^T M, M's column sums), M = grad where y > 0."""
-    features, units = kernel.shape
-    flat_x = tf.reshape(x, (-1, features))
-    mask = tf.reshape(y > 0, (-1, units))
-    masked = tf.where(mask, tf.reshape(grad, (-1, units)), tf.zeros((), grad.dtype))
-    grad_masked = tf.zeros_like(masked)
-    grad_x = grad_kernel = None
-    if ct_x is not None:
-        ct_x = tf.reshape(ct_x, (-1, features))
-        grad_masked += tf.matmul(ct_x, kernel)
-        grad_kernel = tf.matmul(ct_x, masked, transpose_a=True)
-    if ct_kernel is not None:
-        grad_masked += tf.matmul(flat_x, ct_kernel)
-        grad_x = tf.reshape(tf.matmul(masked, ct_kernel, transpose_b=True), tf.shape(x))
-    if ct_bias is not None:
-        grad_masked += ct_bias
-    grad_grad = tf.reshape(tf.where(mask, grad_masked, tf.zeros((), grad.dtype)), tf.shape(grad))
-    return grad_x, grad_kernel, grad_grad
-
-
-def dense_relu_reason(inputs, kernel, bias):
-    return _native_op_support(inputs, "Keras' dense layer")
-
-
-def dense_relu(inputs, kernel, bias):
-    """`max(inputs @ kernel + bias, 0)` over the last axis by the fused op
-    (`dense_kernels.h`): one output map forward, none backward."""
-    return _native_ops().involution_dense_relu(inputs, tf.cast(kernel, inputs.dtype), tf.cast(bias, inputs.dtype))
 
 
 @functools.lru_cache(maxsize=None)

@@ -190,73 +190,6 @@ _register_bilinear(
 )
 
 
-# Dense with ReLU (`dense_kernels.h`): the gradient op is linear in the
-# output gradient and in each of x and the kernel, and depends on y only
-# through its sign (the ReLU's mask), so its own autograd is the plain-op
-# formulation's with the mask held fixed.
-
-
-@torch.library.custom_op("involution::dense_relu", mutates_args=(), device_types="cpu")
-def _dense_relu_op(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return _extension().dense_relu(x, kernel, bias)
-
-
-@torch.library.custom_op("involution::dense_relu_backward", mutates_args=(), device_types="cpu")
-def _dense_relu_backward_op(x: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor,
-                            grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_extension().dense_relu_backward(x, kernel, y, grad))
-
-
-@_dense_relu_op.register_fake
-def _(x, kernel, bias):
-    return x.new_empty((*x.shape[:-1], kernel.shape[1]))
-
-
-@_dense_relu_backward_op.register_fake
-def _(x, kernel, y, grad):
-    return torch.empty_like(x), torch.empty_like(kernel), kernel.new_empty((kernel.shape[1],))
-
-
-def _save_dense_relu(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], output)
-
-
-def _dense_relu_backward(ctx, grad):
-    x, kernel, y = ctx.saved_tensors
-    return _dense_relu_backward_op(x, kernel, y, grad.contiguous())
-
-
-def _save_dense_relu_backward(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _dense_relu_backward_backward(ctx, ct_x, ct_kernel, ct_bias):
-    # With M = mask * grad (rows x units), the op returns (M kernel^T,
-    # x^T M, sum of M's rows); these are the products' transposes.
-    x, kernel, y, grad = ctx.saved_tensors
-    features, units = kernel.shape
-    flat_x = x.reshape(-1, features)
-    mask = (y > 0).reshape(-1, units)
-    masked = torch.where(mask, grad.reshape(-1, units), torch.zeros((), dtype=grad.dtype))
-    grad_masked = torch.zeros_like(masked)
-    grad_x = grad_kernel = None
-    if ct_x is not None:
-        ct_x = ct_x.reshape(-1, features)
-        grad_masked = grad_masked + ct_x @ kernel
-        grad_kernel = ct_x.T @ masked
-    if ct_kernel is not None:
-        grad_masked = grad_masked + flat_x @ ct_kernel
-        grad_x = (masked @ ct_kernel.T).reshape(x.shape)
-    if ct_bias is not None:
-        grad_masked = grad_masked + ct_bias
-    grad_grad = torch.where(mask, grad_masked, torch.zeros((), dtype=grad.dtype)).reshape(grad.shape)
-    return grad_x, grad_kernel, None, grad_grad
-
-
-_dense_relu_op.register_autograd(_dense_relu_backward, setup_context=_save_dense_relu)
-_dense_relu_backward_op.register_autograd(_dense_relu_backward_backward, setup_context=_save_dense_relu_backward)
-
-
 def exporting():
     """True while `torch.export`, `torch.onnx` or TorchScript traces a model.
 
@@ -319,17 +252,6 @@ def window_correlation(keys, queries, kernel_size, stride, dilation, groups):
 
 def batch_norm_aten_reason(inputs, gamma, beta, epsilon):
     return None
-
-
-def dense_relu_reason(inputs, kernel, bias):
-    return _cpp_reason(inputs)
-
-
-def dense_relu(inputs, kernel, bias):
-    """`max(inputs @ kernel + bias, 0)` over the last axis by the fused op
-    (`dense_kernels.h`): one output map forward, none backward."""
-    return _dense_relu_op(inputs.contiguous(), kernel.to(inputs.dtype).contiguous(),
-                          bias.to(inputs.dtype).contiguous())
 
 
 def pool_reason(inputs, size, strides, mode, data_format):

@@ -17,7 +17,7 @@ import keras
 
 from involution.attention import LocalAttentionKernelGenerator
 from involution.convolution import PortableConv2D
-from involution.dense import FusedDense
+from involution.dense import PortableDense
 from involution.geometry import channel_axis
 from involution.layer import Involution, InvolutionKernelGenerator
 from involution.ops import standardize_data_format
@@ -35,14 +35,14 @@ def _activation(activation, name):
 
 def _pointwise(x, filters, name, normalize=True, activate=True, momentum=0.9, regularizer=None,
                normalization="batch", activation="relu", data_format="channels_last"):
-    # Without normalization in between, a ReLU is the layer's own
-    # activation, which `FusedDense` fuses with the product on few features.
+    # Without normalization in between, a ReLU is the layer's own activation
+    # (one layer fewer; the same function of the same weights).
     fused_activation = "relu" if activate and not normalize and activation == "relu" else None
-    # A 1x1 convolution written as a Dense layer on the channel axis: the
-    # same result, one matrix product channels-last, where PyTorch's
-    # convolution would copy to channels-first and back for every call; and
-    # one `(in, out)` kernel in either layout, so weights move between them.
-    x = FusedDense(
+    # A 1x1 convolution written as a dense layer on the channel axis: one
+    # matrix product channels-last, where PyTorch's convolution would copy to
+    # channels-first and back for every call; and one `(in, out)` kernel in
+    # either layout, so weights move between them.
+    x = PortableDense(
         filters, activation=fused_activation, use_bias=not normalize, kernel_regularizer=regularizer,
         axis=channel_axis(data_format), name=f"{name}_pointwise",
     )(x)
