@@ -192,9 +192,17 @@ def entries(op=None, backend=None):
     return tuple(k for k in KERNELS if (op is None or k.op == op) and (backend is None or k.backend == backend))
 
 
+# `KERNELS` is constant, so each op's names are listed once; a dict, which
+# `torch.compile` steps through (it breaks on `functools.lru_cache`).
+_NAMES = {}
+
+
 def kernel_names(op=None):
     """The names `implementation=` accepts besides `"auto"`, `"reference"`, `"fast"`."""
-    return tuple(dict.fromkeys(k.name for k in entries(op)))
+    names = _NAMES.get(op)
+    if names is None:
+        names = _NAMES[op] = tuple(dict.fromkeys(k.name for k in entries(op)))
+    return names
 
 
 def check_implementation(implementation, op=None):
