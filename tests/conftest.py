@@ -1,6 +1,12 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Without a GPU, the Triton kernels' tests run them under Triton's
+# interpreter, which must be on before Triton is imported (PyTorch may
+# import it with Keras). A GPU shows as a CUDA or ROCm device node.
+if os.environ.get("KERAS_BACKEND") == "torch" and not any(
+        os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd")):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -11,6 +17,14 @@ import pytest  # noqa: E402
 # `backend_independent` (pure Python, or choosing their own backends) need
 # only one of those runs, and it sets this variable to 0 for the others.
 ONCE_ENV = "INVOLUTION_TEST_BACKEND_INDEPENDENT"
+
+
+if keras.backend.backend() == "torch":
+    # Imported now, before any test imports TensorFlow: Triton's LLVM aborts
+    # the process when it comes after TensorFlow's (see `torch_backend._triton`).
+    from involution.backends import torch_backend
+
+    torch_backend._triton()
 
 
 def pytest_report_header(config):

@@ -30,6 +30,13 @@ JAX say when they export (`torch.compiler.is_exporting()`, jax2onnx's
 conversion), TensorFlow does not, and an exporter the library does not
 recognise is covered by this switch.
 
+The GPU kernels can be tested without a GPU: PyTorch's Triton kernels run
+CPU tensors under Triton's interpreter (`TRITON_INTERPRET=1`, set before
+they are first used), JAX's Pallas kernels run on the CPU in interpret
+mode under `INVOLUTION_PALLAS_INTERPRET=1` or `set_pallas_interpret(True)`.
+Both are for tests: `"auto"` passes over them on the CPU, and asks for
+them by name only (`implementation="triton"`, `implementation="pallas"`).
+
 Example:
 
 >>> import involution
@@ -53,8 +60,10 @@ from involution.switches import (  # noqa: F401  (the public switches live here)
     exportable_enabled,
     fast_path_enabled,
     fast_paths,
+    pallas_interpret_enabled,
     set_exportable,
     set_fast_path,
+    set_pallas_interpret,
 )
 
 

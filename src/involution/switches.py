@@ -66,6 +66,32 @@ def fast_paths(enabled, names=FAST_PATHS):
             set_fast_path(name, value)
 
 
+PALLAS_INTERPRET_ENV = "INVOLUTION_PALLAS_INTERPRET"
+_pallas_interpret = [None]
+
+
+def pallas_interpret_enabled():
+    """Whether the Pallas kernels may run in interpret mode on JAX's CPU."""
+    if _pallas_interpret[0] is not None:
+        return _pallas_interpret[0]
+    return os.environ.get(PALLAS_INTERPRET_ENV, "0") == "1"
+
+
+def set_pallas_interpret(enabled):
+    """Lets `implementation="pallas"` run in Pallas' interpret mode on the CPU.
+
+    Interpret mode runs each kernel program as an iteration of a loop of XLA
+    ops: for testing the kernels without a GPU, not for speed.
+
+    Args:
+        enabled: bool, or None to go back to the environment's setting
+            (`INVOLUTION_PALLAS_INTERPRET=1`).
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError(f"The `enabled` argument must be a bool or None. Received: enabled={enabled!r}")
+    _pallas_interpret[0] = enabled
+
+
 def exportable_enabled():
     """Whether `exportable()` (or `set_exportable(True)`) is in force."""
     return _exportable[-1]

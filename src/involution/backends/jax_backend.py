@@ -106,12 +106,15 @@ def _correlate_shape(x_shape, grad_shape, params):
 
 
 def _primitive(name, target, shape_rule, sharding_rule, portable):
-    """A primitive run by the C++ handler `target` or by `portable` (XLA).
+    """A primitive run by the C++ handler `target`, the Pallas kernel
+    `name`, or `portable` (XLA), as its `path` parameter asks.
 
-    Its `fused` parameter asks for the C++ loops; the lowering grants it on
-    the CPU, for float32/float64, where the handlers are built, and not for
-    `jax.export` (and what lowers through it: `model.export`, jax2tf), whose
-    artifacts must run without this package.
+    `path="ffi"` asks for the C++ loops: the lowering grants it on the CPU,
+    for float32/float64, where the handlers are built. `path="pallas"`
+    runs the Pallas kernel, compiled by its Triton lowering on a GPU and in
+    interpret mode on the CPU. Neither is granted to `jax.export` (and what
+    lowers through it: `model.export`, jax2tf), whose artifacts must run
+    without this package: they get XLA's form.
     """
     primitive = Primitive(f"involution_{name}")
 
@@ -119,23 +122,31 @@ def _primitive(name, target, shape_rule, sharding_rule, portable):
         shape = jax.ShapeDtypeStruct(shape_rule(a.shape, b.shape, params), a.dtype)
         return _ffi_call(target, shape, a, b, **_geometry(params))
 
-    def lowering(ctx, a, b, *, fused, **params):
+    def pallas_impl(a, b, *, interpret, **params):
+        from involution.kernels.pallas import involution as pallas_kernels
+
+        size = params if "height" in params else dict(height=a.shape[1], width=a.shape[2])
+        return pallas_kernels.call(name, a, b, shape_rule(a.shape, b.shape, params), **_geometry(params),
+                                   height=size["height"], width=size["width"], interpret=interpret)
+
+    # One function per mode, so that `_batch_partitioned`'s cache hits.
+    pallas_impls = {mode: functools.partial(pallas_impl, interpret=mode) for mode in (False, True)}
+
+    def lowering(ctx, a, b, *, path, **params):
         module = ctx.module_context
-        if (
-            fused
-            and not module.lowering_parameters.for_export
-            and tuple(module.platforms) == ("cpu",)
-            and ctx.avals_in[0].dtype in (np.float32, np.float64)
-            and _ffi_available()
-        ):
+        exporting = module.lowering_parameters.for_export
+        on_cpu = tuple(module.platforms) == ("cpu",)
+        call = functools.partial(portable, **params)
+        if path == "ffi" and not exporting and on_cpu and ctx.avals_in[0].dtype in (np.float32, np.float64) \
+                and _ffi_available():
             call = _batch_partitioned(fused_impl, sharding_rule, tuple(sorted(params.items())))
-        else:
-            call = functools.partial(portable, **params)
+        elif path == "pallas" and not exporting:
+            call = _batch_partitioned(pallas_impls[on_cpu], sharding_rule, tuple(sorted(params.items())))
         return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
     primitive.def_impl(lambda a, b, **params: _eager(primitive, tuple(sorted(params.items())))(a, b))
     primitive.def_abstract_eval(
-        lambda a, b, *, fused, **params: ShapedArray(shape_rule(a.shape, b.shape, params), a.dtype)
+        lambda a, b, *, path, **params: ShapedArray(shape_rule(a.shape, b.shape, params), a.dtype)
     )
     mlir.register_lowering(primitive, lowering)
     batching.primitive_batchers[primitive] = functools.partial(_batch_rule, primitive)
@@ -218,7 +229,7 @@ def _size(value):
 
 
 def _params(p):
-    return dict(_geometry(p), fused=p["fused"])
+    return dict(_geometry(p), path=p["path"])
 
 
 ad.defbilinear(
@@ -238,11 +249,12 @@ ad.defbilinear(
 )
 
 
-def fused_involution(x, kernel, groups, kernel_size, stride, dilation, fused=True):
+def fused_involution(x, kernel, groups, kernel_size, stride, dilation, path="ffi"):
     """x `(B, H, W, C)`, kernel `(B, Ho, Wo, G*K*K)` -> `(B, Ho, Wo, C)`, by
-    the C++ loops where they run (`fused`), else by XLA."""
+    `path`: "ffi" (the C++ loops where they run, else XLA), "pallas" or
+    "xla"."""
     return apply_p.bind(x, kernel, groups=groups, kernel_size=kernel_size, stride=stride, dilation=dilation,
-                        fused=fused)
+                        path=path)
 
 
 def _window(padded, row, col, stride, out_h, out_w):
@@ -360,6 +372,14 @@ def prepare():
 
 def available(kernel):
     """Why `kernel` cannot run on this machine at all, or None."""
+    if kernel.name == "pallas":
+        if jax.default_backend() == "cpu" and not switches.pallas_interpret_enabled():
+            return ("no GPU, and Pallas' interpret mode is off (INVOLUTION_PALLAS_INTERPRET=1 runs it on the "
+                    "CPU)")
+        try:
+            from involution.kernels.pallas import involution  # noqa: F401
+        except ImportError as error:
+            return f"Pallas cannot be imported ({type(error).__name__}: {error})"
     if kernel.name == "jax-ffi":
         if jax.default_backend() != "cpu":
             return f"the C++ loops run on JAX's CPU backend (default backend: {jax.default_backend()})"
@@ -384,6 +404,42 @@ def apply_xla_reason(inputs, kernel, kernel_size, stride, dilation, groups, data
     return None
 
 
+# Pallas kernels (`kernels/pallas/`): their offsets are 32-bit, and masked
+# lanes store up to one tile past the end.
+_PALLAS_MAX_ELEMENTS = 2**31 - 1 - (1 << 16)
+
+
+def _pallas_reason(*arrays):
+    if jax.default_backend() == "cpu" and not switches.pallas_interpret_enabled():
+        return ("Pallas kernels run on GPUs, and on the CPU in interpret mode only "
+                "(INVOLUTION_PALLAS_INTERPRET=1 or involution.config.set_pallas_interpret(True))")
+    if jax.default_backend() not in ("cpu", "gpu"):
+        return f"the Pallas kernels are written for GPUs (default backend: {jax.default_backend()})"
+    if arrays[0].dtype not in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64):
+        return f"it runs float16/bfloat16/float32/float64 (received {arrays[0].dtype})"
+    if arrays[1].dtype != arrays[0].dtype:
+        return "the two arrays' dtypes differ"
+    if any(a.size > _PALLAS_MAX_ELEMENTS for a in arrays):
+        return f"an array has over {_PALLAS_MAX_ELEMENTS} elements (the kernels' offsets are 32-bit)"
+    return None
+
+
+def apply_pallas_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _pallas_reason(inputs, kernel)
+
+
+def apply_pallas_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    if jax.default_backend() == "cpu":
+        return "interpret mode runs the kernels as a loop of XLA ops (for tests, not speed)"
+    # Until a GPU benchmark (benchmarks/gpu.py) shows them faster than XLA's form.
+    return "XLA's form stays the default on GPUs until measured slower (implementation='pallas' asks for these)"
+
+
+def apply_pallas(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    jax_onnx.register(PORTABLE_FORMS)
+    return _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, "pallas")
+
+
 def apply_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     return too_few_channels(inputs, groups, data_format, MIN_GROUP_CHANNELS, "XLA's autodiff of the reference")
 
@@ -400,11 +456,11 @@ def apply_xla(inputs, kernel, kernel_size, stride, dilation, groups, data_format
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _grouped_apply(inputs, kernel, kernel_size, stride, dilation, groups, data_format, path):
-    """`path`: "ffi" (the C++ loops) or "xla" (the same primitives, by XLA)."""
+    """`path`: "ffi" (the C++ loops), "pallas" or "xla" (the same primitives, by XLA)."""
     if data_format == "channels_first":
         inputs = jnp.transpose(inputs, (0, 2, 3, 1))
         kernel = jnp.transpose(kernel, (0, 2, 3, 1))
-    output = fused_involution(inputs, kernel, groups, kernel_size, stride, dilation, fused=path == "ffi")
+    output = fused_involution(inputs, kernel, groups, kernel_size, stride, dilation, path=path)
     if data_format == "channels_first":
         output = jnp.transpose(output, (0, 3, 1, 2))
     return output

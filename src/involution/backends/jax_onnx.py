@@ -60,7 +60,7 @@ def _register(portable_forms):
         portable = None
 
         def lower(self, ctx, eqn):
-            params = {name: value for name, value in eqn.params.items() if name != "fused"}
+            params = {name: value for name, value in eqn.params.items() if name != "path"}
             avals = [var.aval for var in eqn.invars]
             # Traced inside jax2onnx's patches, as its own nested bodies
             # are, so that shape-polymorphic operations (a symbolic batch)

@@ -21,6 +21,7 @@ needs nothing of this package.
 """
 
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from involution import switches
 from involution.backends import native, padding, tap_offsets, too_few_channels
 from involution.backends import window as _window
+from involution.backends.torch_autograd import register_bilinear_family
 
 # Set to 0 to skip building the C++ kernels (the in-place path runs instead).
 EXTENSION_ENV = "INVOLUTION_TORCH_EXTENSION"
@@ -109,11 +111,9 @@ def _build_extension():
 # The fused loops as `torch.library` custom ops, so that `torch.compile`
 # and `torch.export` see one opaque op with known output shapes (the fake
 # implementations) instead of tracing into a C++ call, and autograd is the
-# ops' own. The apply step is bilinear in (x, kernel): its two gradients
-# are the input gradient (`input_gradient`) and the window correlation
-# (`correlate`), and the gradients of those are again these three ops, so
-# gradients of any order run the fused loops. Tensors are channels-last
-# and contiguous: x (B, H, W, C), kernel (B, Ho, Wo, G*K*K) group-major.
+# ops' own (`torch_autograd`): gradients of any order run the fused loops.
+# Tensors are channels-last and contiguous: x (B, H, W, C), kernel
+# (B, Ho, Wo, G*K*K) group-major.
 
 
 @torch.library.custom_op("involution::apply", mutates_args=(), device_types="cpu")
@@ -134,60 +134,7 @@ def _correlate_op(x: torch.Tensor, grad: torch.Tensor, groups: int, kernel_size:
     return _extension().correlate(x, grad, groups, kernel_size, stride, dilation)
 
 
-@_apply_op.register_fake
-def _(x, kernel, groups, kernel_size, stride, dilation):
-    return x.new_empty((x.shape[0], kernel.shape[1], kernel.shape[2], x.shape[3]))
-
-
-@_input_gradient_op.register_fake
-def _(grad, kernel, height, width, groups, kernel_size, stride, dilation):
-    return grad.new_empty((grad.shape[0], height, width, grad.shape[3]))
-
-
-@_correlate_op.register_fake
-def _(x, grad, groups, kernel_size, stride, dilation):
-    return x.new_empty((x.shape[0], grad.shape[1], grad.shape[2], groups * kernel_size * kernel_size))
-
-
-def _save_geometry(ctx, inputs, output):
-    *tensors, groups, kernel_size, stride, dilation = inputs[:2] + inputs[-4:]
-    ctx.save_for_backward(*tensors)
-    ctx.geometry = (groups, kernel_size, stride, dilation)
-
-
-def _register_bilinear(op, arity, first, second):
-    """Autograd of a bilinear `op(a, b, *geometry)`: its gradients w.r.t. `a`
-    and `b` are `first(a, b, grad, geometry)` and `second(...)`, both ops again."""
-
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        grad = grad.contiguous()
-        grads = [None] * arity
-        if ctx.needs_input_grad[0]:
-            grads[0] = first(a, b, grad, ctx.geometry)
-        if ctx.needs_input_grad[1]:
-            grads[1] = second(a, b, grad, ctx.geometry)
-        return tuple(grads)
-
-    op.register_autograd(backward, setup_context=_save_geometry)
-
-
-# The table of `docs/design.md` ("The apply step is bilinear").
-_register_bilinear(
-    _apply_op, 6,
-    lambda x, kernel, grad, geometry: _input_gradient_op(grad, kernel, x.shape[1], x.shape[2], *geometry),
-    lambda x, kernel, grad, geometry: _correlate_op(x, grad, *geometry),
-)
-_register_bilinear(
-    _input_gradient_op, 8,
-    lambda upstream, kernel, grad, geometry: _apply_op(grad, kernel, *geometry),
-    lambda upstream, kernel, grad, geometry: _correlate_op(grad, upstream, *geometry),
-)
-_register_bilinear(
-    _correlate_op, 6,
-    lambda x, upstream, grad, geometry: _input_gradient_op(upstream, grad, x.shape[1], x.shape[2], *geometry),
-    lambda x, upstream, grad, geometry: _apply_op(x, grad, *geometry),
-)
+register_bilinear_family(_apply_op, _input_gradient_op, _correlate_op)
 
 
 def exporting():
@@ -207,6 +154,12 @@ def available(kernel):
     """Why `kernel` cannot run on this machine at all, or None."""
     if kernel.name == "torch-cpp" and _extension() is None:
         return "the fused CPU kernels could not be built (no compiler or ninja, or a build error: see the warning)"
+    if kernel.name == "triton":
+        module = _triton()
+        if module is None:
+            return f"Triton cannot be imported ({_TRITON['error']})"
+        if not torch.cuda.is_available() and not module.interpreted():
+            return "no CUDA/ROCm device, and Triton's interpreter is off (TRITON_INTERPRET=1 runs it on the CPU)"
     return None
 
 
@@ -237,6 +190,72 @@ def apply_cpp_preference(inputs, kernel, kernel_size, stride, dilation, groups, 
 
 def apply_inplace_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
     return _EXPORTED if exporting() else None
+
+
+# === Triton kernels (`kernels/triton/`, bound in `torch_triton`) ===
+# Imported on first use: Triton reads TRITON_INTERPRET when its kernels are
+# decorated, and a CPU-only machine may not have Triton at all.
+_TRITON = {}
+
+
+def _triton():
+    """The Triton binding module, or None where Triton cannot be imported."""
+    if "module" not in _TRITON:
+        if "tensorflow" in sys.modules:
+            # Triton's LLVM registers command-line options that TensorFlow's
+            # already did: importing it after TensorFlow aborts the process
+            # (the other order works).
+            _TRITON["module"], _TRITON["error"] = None, "TensorFlow was imported first, and Triton's LLVM aborts then"
+            return None
+        try:
+            from involution.backends import torch_triton
+
+            _TRITON["module"] = torch_triton
+        except ImportError as error:
+            _TRITON["module"], _TRITON["error"] = None, f"{type(error).__name__}: {error}"
+    return _TRITON["module"]
+
+
+def _triton_reason(*tensors):
+    if exporting():
+        return _EXPORTED
+    module = _triton()
+    if module is None:
+        return f"Triton cannot be imported ({_TRITON['error']})"
+    if tensors[1].dtype != tensors[0].dtype:
+        return "the two tensors' dtypes differ"
+    return module.device_reason(tensors[0]) or module.size_reason(*tensors)
+
+
+def apply_triton_reason(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _triton_reason(inputs, kernel)
+
+
+def _interpreter_preference(tensor):
+    if tensor.device.type == "cpu":
+        return "Triton's interpreter runs each program in Python (for tests, not speed)"
+    return None
+
+
+def apply_triton_preference(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _interpreter_preference(inputs)
+
+
+def apply_triton(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _channels_last_apply(_triton().apply, inputs, kernel, kernel_size, stride, dilation, groups,
+                                data_format)
+
+
+def window_correlation_triton_reason(keys, queries, kernel_size, stride, dilation, groups):
+    return _triton_reason(keys, queries)
+
+
+def window_correlation_triton_preference(keys, queries, kernel_size, stride, dilation, groups):
+    return _interpreter_preference(keys)
+
+
+def window_correlation_triton(keys, queries, kernel_size, stride, dilation, groups):
+    return _triton().correlate(keys.contiguous(), queries.contiguous(), groups, kernel_size, stride, dilation)
 
 
 def window_correlation_reason(keys, queries, kernel_size, stride, dilation, groups):
@@ -353,13 +372,18 @@ def _differentiable_gradients(x, kernel, grad, ctx):
     return result
 
 
-def apply_cpp(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+def _channels_last_apply(op, inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    """Runs an apply op of contiguous channels-last tensors in either data format."""
     channels_first = data_format == "channels_first"
     if channels_first:
         inputs = inputs.permute(0, 2, 3, 1)
         kernel = kernel.permute(0, 2, 3, 1)
-    output = _apply_op(inputs.contiguous(), kernel.contiguous(), groups, kernel_size, stride, dilation)
+    output = op(inputs.contiguous(), kernel.contiguous(), groups, kernel_size, stride, dilation)
     return output.permute(0, 3, 1, 2) if channels_first else output
+
+
+def apply_cpp(inputs, kernel, kernel_size, stride, dilation, groups, data_format):
+    return _channels_last_apply(_apply_op, inputs, kernel, kernel_size, stride, dilation, groups, data_format)
 
 
 def apply_inplace(inputs, kernel, kernel_size, stride, dilation, groups, data_format):

@@ -1,0 +1,1 @@
+"""Kernel sources, apart from their framework bindings (see README.md)."""

@@ -1,0 +1,1 @@
+"""The Pallas kernels (JAX binding: `involution.backends.jax_backend`)."""

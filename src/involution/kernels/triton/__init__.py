@@ -1,0 +1,1 @@
+"""The Triton kernels (PyTorch binding: `involution.backends.torch_triton`)."""
