@@ -7,7 +7,7 @@ stride-2 first block of each stage, in float32 and bfloat16, forward and
 forward+backward:
 
 - `ours`: this project's GPU kernels (Triton on PyTorch, Pallas on JAX;
-  TensorFlow has none and runs its XLA form, `tensorflow-xla`);
+  TensorFlow has none: its XLA form, `tensorflow-xla`, is its `xla`);
 - `xla`: JAX's and TensorFlow's XLA form of the same primitives;
 - `unfold`: the unfold formulation (`K*K` patches, then a product and a sum);
 - `reference`: the `keras.ops` reference under `torch.compile` / `jax.jit`
@@ -50,19 +50,19 @@ FORMULATIONS = ("ours", "xla", "unfold", "reference", "depthwise", "floor")
 MEASURED = ("ours", "xla", "unfold", "depthwise", "reference")
 DTYPES = ("float32", "bfloat16")
 PASSES = ("fwd", "fwd+bwd")
-KERNEL_SIZE = 7
 
 
 def stage_shapes(smoke):
-    """`(label, batch, height, width, channels, groups, stride)`: the input's
-    size and the involution's stride."""
+    """`(label, batch, height, width, channels, groups, stride, kernel_size)`:
+    the input's size and the involution's geometry."""
     if smoke:
-        return [("s1", 1, 8, 7, 8, 2, 1), ("s1/2", 1, 9, 8, 8, 2, 2)]
+        # An odd size, stride 2, 3x3: the interpreters cost per tap and program.
+        return [("smoke/2", 1, 9, 8, 8, 2, 2, 3)]
     shapes = []
     for stage, (side, channels) in enumerate([(56, 64), (28, 128), (14, 256), (7, 512)], start=1):
         groups = channels // 16
-        shapes.append((f"stage{stage}", 64, side, side, channels, groups, 1))
-        shapes.append((f"stage{stage}/2", 64, 2 * side, 2 * side, channels, groups, 2))
+        shapes.append((f"stage{stage}", 64, side, side, channels, groups, 1, 7))
+        shapes.append((f"stage{stage}/2", 64, 2 * side, 2 * side, channels, groups, 2, 7))
     return shapes
 
 
@@ -92,10 +92,10 @@ def median_ms(step, warmup, repeats):
     return 1000 * times[len(times) // 2]
 
 
-def floor_bytes(batch, height, width, channels, groups, stride, itemsize, backward):
+def floor_bytes(batch, height, width, channels, groups, stride, kernel_size, itemsize, backward):
     out_h, out_w = -(-height // stride), -(-width // stride)
     x = batch * height * width * channels
-    kernel = batch * out_h * out_w * groups * KERNEL_SIZE**2
+    kernel = batch * out_h * out_w * groups * kernel_size**2
     out = batch * out_h * out_w * channels
     elements = x + kernel + out
     if backward:
@@ -132,12 +132,12 @@ class Torch:
         torch = self.torch
         from involution import involution_apply
 
-        _, batch, height, width, channels, groups, stride = shape
+        _, batch, height, width, channels, groups, stride, kernel_size = shape
         out_h, out_w = -(-height // stride), -(-width // stride)
         dtype = getattr(torch, dtype)
         x = torch.randn((batch, height, width, channels), device=self.device, dtype=dtype)
-        kernel = torch.randn((batch, out_h, out_w, groups * KERNEL_SIZE**2), device=self.device, dtype=dtype)
-        geometry = (KERNEL_SIZE, stride, 1, groups)
+        kernel = torch.randn((batch, out_h, out_w, groups * kernel_size**2), device=self.device, dtype=dtype)
+        geometry = (kernel_size, stride, 1, groups)
         if formulation == "ours":
             forward = _registry_checked(
                 lambda a, b: involution_apply(a, b, *geometry, "channels_last", implementation="triton"), x, kernel)
@@ -150,16 +150,16 @@ class Torch:
             kernel = kernel.permute(0, 3, 1, 2).contiguous()
 
             def forward(a, b):
-                patches = torch.nn.functional.unfold(a, KERNEL_SIZE, padding=KERNEL_SIZE // 2, stride=stride)
-                patches = patches.view(batch, groups, channels // groups, KERNEL_SIZE**2, out_h, out_w)
-                weights = b.view(batch, groups, 1, KERNEL_SIZE**2, out_h, out_w)
+                patches = torch.nn.functional.unfold(a, kernel_size, padding=kernel_size // 2, stride=stride)
+                patches = patches.view(batch, groups, channels // groups, kernel_size**2, out_h, out_w)
+                weights = b.view(batch, groups, 1, kernel_size**2, out_h, out_w)
                 return (patches * weights).sum(dim=3).view(batch, channels, out_h, out_w)
         elif formulation == "depthwise":
             x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-            kernel = torch.randn((channels, 1, KERNEL_SIZE, KERNEL_SIZE), device=self.device, dtype=dtype)
+            kernel = torch.randn((channels, 1, kernel_size, kernel_size), device=self.device, dtype=dtype)
 
             def forward(a, b):
-                return torch.nn.functional.conv2d(a, b, stride=stride, padding=KERNEL_SIZE // 2, groups=channels)
+                return torch.nn.functional.conv2d(a, b, stride=stride, padding=kernel_size // 2, groups=channels)
         else:
             raise Skipped("no XLA form on PyTorch")
         inputs = [t.requires_grad_(backward) for t in (x, kernel)]
@@ -196,12 +196,12 @@ class Jax:
 
         from involution import involution_apply
 
-        _, batch, height, width, channels, groups, stride = shape
+        _, batch, height, width, channels, groups, stride, kernel_size = shape
         out_h, out_w = -(-height // stride), -(-width // stride)
         keys = jax.random.split(jax.random.PRNGKey(0), 2)
         x = jax.random.normal(keys[0], (batch, height, width, channels), dtype)
-        kernel = jax.random.normal(keys[1], (batch, out_h, out_w, groups * KERNEL_SIZE**2), dtype)
-        geometry = (KERNEL_SIZE, stride, 1, groups)
+        kernel = jax.random.normal(keys[1], (batch, out_h, out_w, groups * kernel_size**2), dtype)
+        geometry = (kernel_size, stride, 1, groups)
         implementations = {"ours": "pallas", "xla": "jax-xla", "reference": "reference"}
         if formulation in implementations:
             implementation = implementations[formulation]
@@ -213,13 +213,13 @@ class Jax:
         elif formulation == "unfold":
             def forward(a, b):
                 patches = lax.conv_general_dilated_patches(
-                    a, (KERNEL_SIZE, KERNEL_SIZE), (stride, stride), "SAME",
+                    a, (kernel_size, kernel_size), (stride, stride), "SAME",
                     dimension_numbers=("NHWC", "HWIO", "NHWC"))  # (B, Ho, Wo, C*K*K), channel-major
-                patches = patches.reshape(batch, out_h, out_w, groups, channels // groups, KERNEL_SIZE**2)
-                weights = b.reshape(batch, out_h, out_w, groups, 1, KERNEL_SIZE**2)
+                patches = patches.reshape(batch, out_h, out_w, groups, channels // groups, kernel_size**2)
+                weights = b.reshape(batch, out_h, out_w, groups, 1, kernel_size**2)
                 return (patches * weights).sum(-1).reshape(batch, out_h, out_w, channels)
         elif formulation == "depthwise":
-            kernel = jax.random.normal(keys[1], (KERNEL_SIZE, KERNEL_SIZE, 1, channels), dtype)
+            kernel = jax.random.normal(keys[1], (kernel_size, kernel_size, 1, channels), dtype)
 
             def forward(a, b):
                 return lax.conv_general_dilated(a, b, (stride, stride), "SAME", feature_group_count=channels,
@@ -253,15 +253,16 @@ class TensorFlow:
         tf = self.tf
         from involution import involution_apply
 
-        _, batch, height, width, channels, groups, stride = shape
+        _, batch, height, width, channels, groups, stride, kernel_size = shape
         out_h, out_w = -(-height // stride), -(-width // stride)
         dtype = getattr(tf, dtype)
         x = tf.cast(tf.random.normal((batch, height, width, channels)), dtype)
-        kernel = tf.cast(tf.random.normal((batch, out_h, out_w, groups * KERNEL_SIZE**2)), dtype)
-        geometry = (KERNEL_SIZE, stride, 1, groups)
+        kernel = tf.cast(tf.random.normal((batch, out_h, out_w, groups * kernel_size**2)), dtype)
+        geometry = (kernel_size, stride, 1, groups)
         jit = False
-        if formulation in ("ours", "xla"):
-            # TensorFlow has no GPU kernel of its own: its XLA form is both.
+        if formulation == "ours":
+            raise Skipped("TensorFlow has no GPU kernel of this project's: its XLA form is the xla column")
+        if formulation == "xla":
             def forward(a, b):
                 return involution_apply(a, b, *geometry, "channels_last", implementation="tensorflow-xla")
 
@@ -272,7 +273,7 @@ class TensorFlow:
             def forward(a, b):
                 return involution_apply(a, b, *geometry, "channels_last", implementation="reference")
         elif formulation == "depthwise":
-            kernel = tf.cast(tf.random.normal((KERNEL_SIZE, KERNEL_SIZE, channels, 1)), dtype)
+            kernel = tf.cast(tf.random.normal((kernel_size, kernel_size, channels, 1)), dtype)
 
             def forward(a, b):
                 return tf.nn.depthwise_conv2d(a, b, (1, stride, stride, 1), "SAME")
@@ -437,7 +438,9 @@ def main(argv=None):
     if not set(parts) <= {"ops", "networks"}:
         parser.error(f"--parts takes ops and/or networks. Received: --parts={args.parts!r}")
     if args.worker:
-        worker(args.worker, parts, args.smoke, args.warmup, args.repeats, args.budget)
+        # The smoke run checks that every measurement runs: no budget.
+        worker(args.worker, parts, args.smoke, args.warmup, args.repeats,
+               float("inf") if args.smoke else args.budget)
         return 0
     backends = args.backends.split(",")
     if not set(backends) <= set(BACKENDS):
