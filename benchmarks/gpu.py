@@ -32,11 +32,13 @@ skipped, with the reason; any other error fails the run.
 
 Usage:
     python benchmarks/gpu.py                      # every installed backend
-    python benchmarks/gpu.py --backends torch --parts ops --json gpu.json
+    python benchmarks/gpu.py --backends torch,jax --json gpu.json
+    python benchmarks/gpu.py --backends torch --parts ops
     python benchmarks/gpu.py --smoke
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -421,7 +423,7 @@ def run_backend(backend, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--backends", default=None, help="comma-separated; default: every installed backend")
     parser.add_argument("--parts", default="ops,networks", help="comma-separated: ops, networks")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, under the interpreters")
     parser.add_argument("--warmup", type=int, default=None)
@@ -442,7 +444,8 @@ def main(argv=None):
         worker(args.worker, parts, args.smoke, args.warmup, args.repeats,
                float("inf") if args.smoke else args.budget)
         return 0
-    backends = args.backends.split(",")
+    installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+    backends = args.backends.split(",") if args.backends else installed
     if not set(backends) <= set(BACKENDS):
         parser.error(f"--backends takes {', '.join(BACKENDS)}. Received: --backends={args.backends!r}")
     rows = []

@@ -15,6 +15,8 @@ for tests, not for speed. There the same functions are `custom_op`s (see
 `_define`).
 """
 
+import contextlib
+
 import torch
 import triton.language as tl
 from torch.library import custom_op, triton_op, wrap_triton
@@ -58,11 +60,14 @@ def _launch(kernel, kind, first, second, out, pixels, height, width, out_h, out_
     block_p, block_c, num_warps = kernels.block_sizes(kind, pixels, channels, group_channels, interpreted())
     columns = groups if kind == "correlate" else (channels + block_c - 1) // block_c
     grid = ((pixels + block_p - 1) // block_p, columns)
-    wrap_triton(kernel)[grid](
-        first, second, out, pixels, height, width, channels, out_h, out_w, group_channels, stride, dilation,
-        padding(kernel_size, dilation), KERNEL_SIZE=kernel_size,
-        ACCUMULATE_FLOAT64=first.dtype == torch.float64, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
-    )
+    # Triton launches on the current device: make it the tensors' one.
+    with torch.cuda.device(first.device) if first.device.type == "cuda" else contextlib.nullcontext():
+        wrap_triton(kernel)[grid](
+            first, second, out, pixels, height, width, channels, out_h, out_w, group_channels, stride, dilation,
+            padding(kernel_size, dilation), KERNEL_SIZE=kernel_size,
+            ACCUMULATE_FLOAT64=first.dtype == torch.float64, BLOCK_P=block_p, BLOCK_C=block_c,
+            num_warps=num_warps,
+        )
     return out
 
 
