@@ -41,6 +41,13 @@ def _pixels(p, height, width):
     return p // (height * width), (p // width) % height, p % width
 
 
+def _tile(block, pixels, channels):
+    """This program's pixels and channels, and which of them exist."""
+    p = pl.program_id(0) * block[0] + jnp.arange(block[0], dtype=jnp.int32)
+    c = pl.program_id(1) * block[1] + jnp.arange(block[1], dtype=jnp.int32)
+    return p, c, p < pixels, c < channels
+
+
 def _store(ref, offsets, values, mask, size):
     lanes = jnp.arange(values.size, dtype=jnp.int32).reshape(values.shape)
     # Masked-out lanes get distinct offsets past the end (see above).
@@ -65,11 +72,8 @@ def _taps(kernel_size, body, carry, unroll):
 
 def _apply_body(x_ref, kernel_ref, out_ref, *, geometry, block, unroll):
     batch, height, width, channels, out_h, out_w, groups, kernel_size, stride, dilation, pad = geometry
-    block_p, block_c = block
     taps = kernel_size * kernel_size
-    p = pl.program_id(0) * block_p + jnp.arange(block_p, dtype=jnp.int32)
-    c = pl.program_id(1) * block_c + jnp.arange(block_c, dtype=jnp.int32)
-    p_ok, c_ok = p < batch * out_h * out_w, c < channels
+    p, c, p_ok, c_ok = _tile(block, batch * out_h * out_w, channels)
     b, oh, ow = _pixels(p, out_h, out_w)
     kernel_col = (c // (channels // groups)) * taps
     pc_ok = p_ok[:, None] & c_ok[None, :]
@@ -84,7 +88,7 @@ def _apply_body(x_ref, kernel_ref, out_ref, *, geometry, block, unroll):
         k = plgpu.load(kernel_ref.at[jnp.where(pc_ok, k_offsets, 0)], mask=pc_ok, other=0)
         return acc + x.astype(acc.dtype) * k.astype(acc.dtype)
 
-    acc = _taps(kernel_size, tap, jnp.zeros((block_p, block_c), _accumulator_dtype(x_ref.dtype)), unroll)
+    acc = _taps(kernel_size, tap, jnp.zeros(block, _accumulator_dtype(x_ref.dtype)), unroll)
     _store(out_ref, (p * channels)[:, None] + c[None, :], acc, pc_ok, out_ref.shape[0])
 
 
@@ -93,11 +97,8 @@ def _input_gradient_body(grad_ref, kernel_ref, out_ref, *, geometry, block, unro
     # through tap row: input row h is read by oh = (h + pad - row*dilation)
     # / stride where that divides exactly and lies in range.
     batch, height, width, channels, out_h, out_w, groups, kernel_size, stride, dilation, pad = geometry
-    block_p, block_c = block
     taps = kernel_size * kernel_size
-    p = pl.program_id(0) * block_p + jnp.arange(block_p, dtype=jnp.int32)
-    c = pl.program_id(1) * block_c + jnp.arange(block_c, dtype=jnp.int32)
-    p_ok, c_ok = p < batch * height * width, c < channels
+    p, c, p_ok, c_ok = _tile(block, batch * height * width, channels)
     b, h, w = _pixels(p, height, width)
     kernel_col = (c // (channels // groups)) * taps
 
@@ -116,7 +117,7 @@ def _input_gradient_body(grad_ref, kernel_ref, out_ref, *, geometry, block, unro
         k = plgpu.load(kernel_ref.at[jnp.where(mask, k_offsets, 0)], mask=mask, other=0)
         return acc + g.astype(acc.dtype) * k.astype(acc.dtype)
 
-    acc = _taps(kernel_size, tap, jnp.zeros((block_p, block_c), _accumulator_dtype(grad_ref.dtype)), unroll)
+    acc = _taps(kernel_size, tap, jnp.zeros(block, _accumulator_dtype(grad_ref.dtype)), unroll)
     _store(out_ref, (p * channels)[:, None] + c[None, :], acc, p_ok[:, None] & c_ok[None, :], out_ref.shape[0])
 
 

@@ -27,31 +27,44 @@ import triton.language as tl
 
 
 @triton.jit
-def apply_kernel(x_ptr, kernel_ptr, out_ptr, pixels, height, width, channels, out_h, out_w, group_channels,
-                 stride, dilation, pad, KERNEL_SIZE: tl.constexpr, ACCUMULATE_FLOAT64: tl.constexpr, BLOCK_P: tl.constexpr,
-                 BLOCK_C: tl.constexpr):
+def _tile(pixels, channels, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's pixels and channels, and which of them exist."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_ok = p < pixels
-    c_ok = c < channels
-    out_w_index = p % out_w
-    out_h_index = (p // out_w) % out_h
-    batch = p // (out_w * out_h)
+    return p, c, p < pixels, c < channels
+
+
+@triton.jit
+def _coordinates(p, height, width):
+    """Batch, row and column of flattened pixel indices of a (B, height, width) grid."""
+    return p // (width * height), (p // width) % height, p % width
+
+
+@triton.jit
+def _window_pixel(batch, out_h_index, out_w_index, row, col, height, width, channels, stride, dilation, pad, p_ok):
+    """Where tap (row, col) of each output pixel's window reads the input:
+    whether inside it, and the offset of its channel 0."""
+    in_h = out_h_index * stride - pad + row * dilation
+    in_w = out_w_index * stride - pad + col * dilation
+    ok = p_ok & (in_h >= 0) & (in_h < height) & (in_w >= 0) & (in_w < width)
+    return ok, ((batch * height + in_h) * width + in_w) * channels
+
+
+@triton.jit
+def apply_kernel(x_ptr, kernel_ptr, out_ptr, pixels, height, width, channels, out_h, out_w, group_channels,
+                 stride, dilation, pad, KERNEL_SIZE: tl.constexpr, ACCUMULATE_FLOAT64: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p, c, p_ok, c_ok = _tile(pixels, channels, BLOCK_P, BLOCK_C)
+    batch, out_h_index, out_w_index = _coordinates(p, out_h, out_w)
     taps: tl.constexpr = KERNEL_SIZE * KERNEL_SIZE
     kernel_row = p * ((channels // group_channels) * taps)
     kernel_col = (c // group_channels) * taps
     pc_ok = p_ok[:, None] & c_ok[None, :]
-    if ACCUMULATE_FLOAT64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64 if ACCUMULATE_FLOAT64 else tl.float32)
     for row in range(KERNEL_SIZE):
-        in_h = out_h_index * stride - pad + row * dilation
-        h_ok = p_ok & (in_h >= 0) & (in_h < height)
         for col in range(KERNEL_SIZE):
-            in_w = out_w_index * stride - pad + col * dilation
-            ok = h_ok & (in_w >= 0) & (in_w < width)
-            x_offset = ((batch * height + in_h) * width + in_w) * channels
+            ok, x_offset = _window_pixel(batch, out_h_index, out_w_index, row, col, height, width, channels, stride,
+                                         dilation, pad, p_ok)
             x = tl.load(x_ptr + x_offset[:, None] + c[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
             tap = row * KERNEL_SIZE + col
             k = tl.load(kernel_ptr + kernel_row[:, None] + (kernel_col + tap)[None, :], mask=pc_ok, other=0.0)
@@ -61,25 +74,17 @@ def apply_kernel(x_ptr, kernel_ptr, out_ptr, pixels, height, width, channels, ou
 
 @triton.jit
 def input_gradient_kernel(grad_ptr, kernel_ptr, out_ptr, pixels, height, width, channels, out_h, out_w,
-                          group_channels, stride, dilation, pad, KERNEL_SIZE: tl.constexpr, ACCUMULATE_FLOAT64: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                          group_channels, stride, dilation, pad, KERNEL_SIZE: tl.constexpr,
+                          ACCUMULATE_FLOAT64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # Output pixel (oh, ow) reads input row oh*stride - pad + row*dilation
     # through tap row, so input row h is read by oh = (h + pad -
     # row*dilation) / stride where that divides exactly and lies in range.
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_ok = p < pixels
-    c_ok = c < channels
-    w_index = p % width
-    h_index = (p // width) % height
-    batch = p // (width * height)
+    p, c, p_ok, c_ok = _tile(pixels, channels, BLOCK_P, BLOCK_C)
+    batch, h_index, w_index = _coordinates(p, height, width)
     taps: tl.constexpr = KERNEL_SIZE * KERNEL_SIZE
     kernel_stride = (channels // group_channels) * taps
     kernel_col = (c // group_channels) * taps
-    if ACCUMULATE_FLOAT64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64 if ACCUMULATE_FLOAT64 else tl.float32)
     for row in range(KERNEL_SIZE):
         reach_h = h_index + pad - row * dilation
         # Negative numerators are out anyway; clamping them keeps `//` and
@@ -105,29 +110,21 @@ def input_gradient_kernel(grad_ptr, kernel_ptr, out_ptr, pixels, height, width, 
 
 @triton.jit
 def correlate_kernel(x_ptr, grad_ptr, out_ptr, pixels, height, width, channels, out_h, out_w, group_channels,
-                     stride, dilation, pad, KERNEL_SIZE: tl.constexpr, ACCUMULATE_FLOAT64: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
+                     stride, dilation, pad, KERNEL_SIZE: tl.constexpr, ACCUMULATE_FLOAT64: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # Program (pixels block, group): the group's K*K taps of each pixel.
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     group = tl.program_id(1)
     lane = tl.arange(0, BLOCK_C)
     p_ok = p < pixels
-    out_w_index = p % out_w
-    out_h_index = (p // out_w) % out_h
-    batch = p // (out_w * out_h)
+    batch, out_h_index, out_w_index = _coordinates(p, out_h, out_w)
     taps: tl.constexpr = KERNEL_SIZE * KERNEL_SIZE
     out_row = p * ((channels // group_channels) * taps) + group * taps
     for row in range(KERNEL_SIZE):
-        in_h = out_h_index * stride - pad + row * dilation
-        h_ok = p_ok & (in_h >= 0) & (in_h < height)
         for col in range(KERNEL_SIZE):
-            in_w = out_w_index * stride - pad + col * dilation
-            ok = h_ok & (in_w >= 0) & (in_w < width)
-            x_offset = ((batch * height + in_h) * width + in_w) * channels
-            if ACCUMULATE_FLOAT64:
-                acc = tl.zeros((BLOCK_P,), dtype=tl.float64)
-            else:
-                acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+            ok, x_offset = _window_pixel(batch, out_h_index, out_w_index, row, col, height, width, channels, stride,
+                                         dilation, pad, p_ok)
+            acc = tl.zeros((BLOCK_P,), dtype=tl.float64 if ACCUMULATE_FLOAT64 else tl.float32)
             for start in range(0, group_channels, BLOCK_C):
                 c = group * group_channels + start + lane
                 c_ok = (start + lane) < group_channels
