@@ -39,6 +39,30 @@ def hlo_of_sharded_gradient():
     }
 
 
+def pallas_sharded_against_one_device():
+    """The Pallas path (interpret mode) on batch-sharded inputs, forward and
+    gradient, against the same on one device's unsharded arrays."""
+    from involution import config
+
+    config.set_pallas_interpret(True)
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((4, 7, 6, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((4, 7, 6, 18)), jnp.float32)
+
+    def loss(a, b):
+        return jnp.sum(jax_backend.fused_involution(a, b, 2, 3, 1, 1, path="pallas") ** 2)
+
+    step = jax.jit(lambda a, b: (jax_backend.fused_involution(a, b, 2, 3, 1, 1, path="pallas"),
+                                 *jax.grad(loss, (0, 1))(a, b)))
+    one = step(x, kernel)
+    two = step(jax.device_put(x, sharding), jax.device_put(kernel, sharding))
+    config.set_pallas_interpret(None)
+    return {"pallas_specs": [str(t.sharding.spec) for t in two],
+            "pallas_max_difference": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(one, two))}
+
+
 def train(distribution):
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
@@ -58,6 +82,7 @@ def train(distribution):
 def main():
     result = hlo_of_sharded_gradient()
     result["devices"] = len(jax.devices())
+    result.update(pallas_sharded_against_one_device())
     one_losses, one_weights = train(None)
     two_losses, two_weights = train(keras.distribution.DataParallel(devices=jax.devices()))
     result["losses"] = [one_losses, two_losses]

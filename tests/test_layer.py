@@ -402,3 +402,26 @@ def test_generator_bad_normalization():
 def test_generator_bad_momentum(momentum):
     with pytest.raises(ValueError, match=rf"in \[0, 1\). Received: batch_norm_momentum={momentum}"):
         InvolutionKernelGenerator(kernel_size=3, batch_norm_momentum=momentum)
+
+
+def test_the_papers_generator_arguments():
+    layer = Involution(channel=16, group_number=2, kernel_size=3, reduction_ratio=4, batch_norm_epsilon=1e-5,
+                       batch_norm_momentum=0.9, reduction_bias=False)
+    layer.build((None, 8, 8, 16))
+    generator = layer.kernel_generator
+    assert generator.reduce.bias is None and generator.norm.epsilon == 1e-5 and generator.norm.momentum == 0.9
+    # The Keras example's 13,080-parameter model needs the bias: the default keeps it.
+    default = Involution(channel=16, group_number=2, kernel_size=3, reduction_ratio=4)
+    default.build((None, 8, 8, 16))
+    assert default.kernel_generator.reduce.bias is not None and default.kernel_generator.norm.epsilon == 1e-3
+    assert layer.count_params() == default.count_params() - 4
+    config = layer.get_config()
+    assert (config["batch_norm_epsilon"], config["batch_norm_momentum"], config["reduction_bias"]) == (1e-5, 0.9,
+                                                                                                       False)
+    restored = Involution.from_config(config)
+    restored.build((None, 8, 8, 16))
+    assert restored.kernel_generator.reduce.bias is None
+    with pytest.raises(ValueError, match="batch_norm_epsilon"):
+        Involution(batch_norm_epsilon=0)
+    with pytest.raises(ValueError, match="reduction_bias"):
+        Involution(reduction_bias="no")

@@ -46,6 +46,12 @@ def test_outputs_stay_batch_sharded(result):
         assert spec.endswith("('batch',)"), spec
 
 
+def test_pallas_path_runs_per_shard(result):
+    # The Pallas kernels sit behind the same batch partitioning as the C++ loops.
+    assert all(spec.endswith("('batch',)") for spec in result["pallas_specs"]), result["pallas_specs"]
+    assert result["pallas_max_difference"] < 1e-5
+
+
 def test_data_parallel_training_equals_one_device(result):
     one, two = result["losses"]
     np.testing.assert_allclose(two, one, rtol=1e-5)

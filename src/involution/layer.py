@@ -57,7 +57,14 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         data_format: `"channels_last"`, `"channels_first"` or None.
         batch_norm_momentum: float, the momentum of the batch
             normalization's moving statistics (Keras' default 0.99; a short
-            schedule wants less, so that inference statistics keep up).
+            schedule wants less, so that inference statistics keep up; the
+            paper's is 0.9, PyTorch's 0.1).
+        batch_norm_epsilon: float, the batch normalization's epsilon
+            (Keras' default 1e-3; the paper's is 1e-5).
+        reduction_bias: bool, whether the first 1x1 convolution has a bias.
+            The Keras example's has one; the paper's has none, as the batch
+            normalization after it cancels a bias (with `normalization` not
+            "batch", the bias is kept).
         normalization: `"batch"` (the paper's), `"layer"` (over each
             pixel's channels, no moving statistics) or None. The generated
             kernels multiply the features, so they are sensitive to the
@@ -103,6 +110,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         channel=None,
         data_format=None,
         batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        reduction_bias=True,
         normalization="batch",
         span_initializer="glorot_uniform",
         span_bias_initializer="zeros",
@@ -121,6 +130,18 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 f"Received: batch_norm_momentum={batch_norm_momentum}"
             )
         self.batch_norm_momentum = batch_norm_momentum
+        if not (isinstance(batch_norm_epsilon, (int, float)) and batch_norm_epsilon > 0):
+            raise ValueError(
+                "The `batch_norm_epsilon` argument must be a positive number. "
+                f"Received: batch_norm_epsilon={batch_norm_epsilon!r}"
+            )
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        if not isinstance(reduction_bias, bool):
+            raise ValueError(
+                "The `reduction_bias` argument must be a bool. "
+                f"Received: reduction_bias={reduction_bias!r}"
+            )
+        self.reduction_bias = reduction_bias
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 "The `normalization` argument must be one of "
@@ -148,12 +169,14 @@ class InvolutionKernelGenerator(keras.layers.Layer):
             )
         common = dict(data_format=self.data_format, dtype=self.dtype_policy)
         self.reduce = PortableConv2D(
-            channel // self.reduction_ratio, 1, name="reduce", **common
+            channel // self.reduction_ratio, 1, name="reduce",
+            use_bias=self.reduction_bias or self.normalization != "batch", **common
         )
         axis = channel_axis(self.data_format)
         if self.normalization == "batch":
             self.norm = FusedBatchNormalization(
-                axis=axis, momentum=self.batch_norm_momentum, name="norm", dtype=self.dtype_policy,
+                axis=axis, momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon, name="norm",
+                dtype=self.dtype_policy,
                 implementation=registry.for_op(self.implementation, "batch_norm"),
             )
         elif self.normalization == "layer":
@@ -198,7 +221,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
         # involution network's training step; the weights stay the
         # Conv2D's, so saved models are unchanged.
         kernel = ops.reshape(conv.kernel, conv.kernel.shape[2:])
-        return ops.add(ops.matmul(x, kernel), conv.bias)
+        x = ops.matmul(x, kernel)
+        return x if conv.bias is None else ops.add(x, conv.bias)
 
     def compute_output_shape(self, input_shape):
         taps = self.kernel_size * self.kernel_size * self.group_number
@@ -215,6 +239,8 @@ class InvolutionKernelGenerator(keras.layers.Layer):
                 "channel": self.channel,
                 "data_format": self.data_format,
                 "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "reduction_bias": self.reduction_bias,
                 "normalization": self.normalization,
                 "span_initializer": keras.initializers.serialize(self.span_initializer),
                 "span_bias_initializer": keras.initializers.serialize(self.span_bias_initializer),
@@ -267,6 +293,11 @@ class Involution(keras.layers.Layer):
             like the Keras example. Defaults to False.
         kernel_generator: optional layer replacing the default generator
             (see above).
+        batch_norm_momentum, batch_norm_epsilon, reduction_bias: the
+            default generator's batch normalization and whether its first
+            1x1 convolution has a bias (`InvolutionKernelGenerator`). The
+            defaults (0.99, 1e-3, True) are the Keras example's; the paper's
+            RedNets use 0.9, 1e-5 and False.
         implementation: `"auto"`, `"reference"`, `"fast"` or the name of
             an apply kernel (`involution.registry`): which apply step runs
             (see `involution.ops.involution_apply`); the default kernel
@@ -318,6 +349,9 @@ class Involution(keras.layers.Layer):
         data_format=None,
         return_kernel=False,
         kernel_generator=None,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        reduction_bias=True,
         implementation="auto",
         **kwargs,
     ):
@@ -325,6 +359,9 @@ class Involution(keras.layers.Layer):
         if channel is not None:
             _positive_int(channel, "channel")
         self.channel = channel
+        self.batch_norm_momentum = batch_norm_momentum
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.reduction_bias = reduction_bias
         self.group_number = _positive_int(group_number, "group_number")
         self.kernel_size = _positive_int(kernel_size, "kernel_size", odd=True)
         self.stride = _positive_int(stride, "stride")
@@ -356,6 +393,9 @@ class Involution(keras.layers.Layer):
                 reduction_ratio=self.reduction_ratio,
                 channel=self.channel,
                 data_format=self.data_format,
+                batch_norm_momentum=batch_norm_momentum,
+                batch_norm_epsilon=batch_norm_epsilon,
+                reduction_bias=reduction_bias,
                 dtype=self.dtype_policy,
                 implementation=registry.for_op(self.implementation, None),
                 name="kernel_generator",
@@ -445,6 +485,9 @@ class Involution(keras.layers.Layer):
                 "dilation": self.dilation,
                 "data_format": self.data_format,
                 "return_kernel": self.return_kernel,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "reduction_bias": self.reduction_bias,
                 "kernel_generator": (
                     keras.saving.serialize_keras_object(self.kernel_generator)
                     if self._custom_generator

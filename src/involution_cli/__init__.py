@@ -137,6 +137,20 @@ def build_parser():
     predict.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common_options(predict)
 
+    convert = commands.add_parser(
+        "convert",
+        help="Convert an authors' or PaddleClas RedNet checkpoint into a preset folder.",
+        description="Reads a RedNet checkpoint of the paper (an mmcls .pth state_dict, or a PaddleClas .pdparams) "
+        "as untrusted data (arrays only: nothing in it runs), copies it into this package's RedNet of the same "
+        "depth (exact=True) and writes a preset folder: config, weights, and metadata with the checkpoint's "
+        "sha256, this command and the logits of fixed inputs.",
+    )
+    convert.add_argument("model", choices=[f"rednet{depth}" for depth in (26, 38, 50, 101, 152)],
+                         help="the checkpoint's model")
+    convert.add_argument("checkpoint", help="the .pth or .pdparams file")
+    convert.add_argument("--output", required=True, help="the preset folder to write")
+    _add_common_options(convert)
+
     doctor = commands.add_parser(
         "doctor",
         help="Say which kernels run on this machine and backend, and why the others cannot.",

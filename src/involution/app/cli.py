@@ -6,6 +6,7 @@ parses the command line before Keras is imported and then calls `run`.
 
 import json
 import logging
+import math
 import os
 import sys
 
@@ -152,6 +153,20 @@ def summarize(args):
     return 0
 
 
+def convert(args):
+    """A paper checkpoint as a preset folder."""
+    from involution.models.convert_rednet import convert_checkpoint
+
+    try:
+        model = convert_checkpoint(args.model, args.checkpoint, args.output)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    trainable = sum(int(math.prod(weight.shape)) for weight in model.trainable_weights)
+    print(f"{args.model}: {trainable:,} trainable parameters from {args.checkpoint}, written to {args.output}")
+    return 0
+
+
 def doctor(args):
     """The registry's kernels on this machine: which can run, and why not the others."""
     from involution import config
@@ -178,7 +193,7 @@ def doctor(args):
     return 0
 
 
-HANDLERS = {"doctor": doctor, "demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets,
+HANDLERS = {"convert": convert, "doctor": doctor, "demo": demo, "compare": compare, "evaluate": evaluate, "predict": predict, "presets": presets,
             "summarize": summarize}
 
 

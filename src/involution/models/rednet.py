@@ -37,14 +37,24 @@ def _batch_norm(x, name, data_format, zero_gamma=False):
                               gamma_initializer="zeros" if zero_gamma else "ones")(x)
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, data_format, activation=True, zero_gamma=False):
-    x = PortableConv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                            data_format=data_format, name=f"{name}_conv")(x)
+def _conv_bn(x, filters, kernel_size, strides, name, data_format, activation=True, zero_gamma=False,
+             symmetric=False):
+    padding = "same"
+    if symmetric and kernel_size > 1:
+        # The paper pads (K-1)/2 on every side; Keras' "same" with stride 2
+        # pads 0 before and 1 after on even sizes.
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, data_format=data_format, name=f"{name}_pad")(x)
+        padding = "valid"
+    x = PortableConv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
+                       data_format=data_format, name=f"{name}_conv")(x)
     x = _batch_norm(x, f"{name}_bn", data_format, zero_gamma)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
-def _involution(x, channels, kernel_size, stride, name, data_format):
+def _involution(x, channels, kernel_size, stride, name, data_format, exact):
+    # The paper's generator: batch norm at PyTorch's defaults, and no bias
+    # before it. Without `exact`, the Keras example's (earlier presets).
+    generator = dict(batch_norm_momentum=0.9, batch_norm_epsilon=1e-5, reduction_bias=False) if exact else {}
     return Involution(
         channel=channels,
         group_number=max(channels // GROUP_CHANNELS, 1),
@@ -53,16 +63,17 @@ def _involution(x, channels, kernel_size, stride, name, data_format):
         reduction_ratio=4,
         data_format=data_format,
         name=name,
+        **generator,
     )(x)
 
 
-def _bottleneck(x, mid_channels, stride, name, data_format):
+def _bottleneck(x, mid_channels, stride, name, data_format, exact):
     out_channels = mid_channels * EXPANSION
     shortcut = x
     if stride != 1 or x.shape[channel_axis(data_format)] != out_channels:
         shortcut = _conv_bn(x, out_channels, 1, stride, f"{name}_downsample", data_format, activation=False)
     y = _conv_bn(x, mid_channels, 1, 1, f"{name}_1", data_format)
-    y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution", data_format)
+    y = _involution(y, mid_channels, 7, stride, f"{name}_2_involution", data_format, exact)
     y = _batch_norm(y, f"{name}_2_bn", data_format)
     y = keras.layers.ReLU(name=f"{name}_2_relu")(y)
     # Each residual branch starts as zero (its last batch norm's scale is 0),
@@ -95,6 +106,14 @@ class RedNet(keras.Model):
             stage doubles it and outputs `4 * width` channels.
         implementation: `"auto"`, `"reference"` or `"fast"`, for every layer
             with a fast path (see `involution.config`).
+        exact: True (default) computes the paper's reference function:
+            the stem's strided convolution and max pooling pad one pixel on
+            every side, and the kernel generators' batch norms use epsilon
+            1e-5 and momentum 0.9 after a 1x1 convolution without bias, as
+            in the authors' checkpoints (`involution.models.convert_rednet`).
+            False builds the network of this package's earlier RedNets
+            (Keras' "same" padding, the Keras example's generator), which
+            configs saved without this argument load as.
         data_format: `"channels_last"`, `"channels_first"` or None
             (`keras.config.image_data_format()`), for the input and every
             layer (the batch norms normalise the channel axis). Both
@@ -119,30 +138,37 @@ class RedNet(keras.Model):
     """
 
     def __init__(self, depth=50, include_top=True, num_classes=1000, input_shape=None,
-                 stem="imagenet", width=64, implementation="auto", data_format=None, **kwargs):
+                 stem="imagenet", width=64, implementation="auto", data_format=None, exact=True, **kwargs):
         if depth not in DEPTHS:
             raise ValueError(f"The `depth` argument must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
         if stem not in STEM_STRIDES:
             raise ValueError(f"The `stem` argument must be one of {list(STEM_STRIDES)}. Received: stem={stem!r}")
+        if not isinstance(exact, bool):
+            raise ValueError(f"The `exact` argument must be a bool. Received: exact={exact!r}")
         data_format = standardize_data_format(data_format)
         if input_shape is None:
             input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
         stem_channels = width
         inputs = keras.Input(tuple(input_shape), name="image")
         stem_stride = 1 if stem == "cifar" else 2
-        x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1", data_format)
-        x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution", data_format)
+        x = _conv_bn(inputs, stem_channels // 2, 3, stem_stride, "stem_1", data_format, symmetric=exact)
+        x = _involution(x, stem_channels // 2, 3, 1, "stem_2_involution", data_format, exact)
         x = _batch_norm(x, "stem_2_bn", data_format)
         x = keras.layers.ReLU(name="stem_2_relu")(x)
         x = _conv_bn(x, stem_channels, 3, 1, "stem_3", data_format)
-        if stem == "imagenet":
+        if stem == "imagenet" and exact:
+            # One pixel on every side, as the paper's `MaxPool2d(3, 2,
+            # padding=1)`; zeros pad as -inf would, the input being a ReLU's.
+            x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="stem_pool_pad")(x)
+            x = keras.layers.MaxPooling2D(3, 2, padding="valid", data_format=data_format, name="stem_pool")(x)
+        elif stem == "imagenet":
             x = keras.layers.MaxPooling2D(3, 2, padding="same", data_format=data_format, name="stem_pool")(x)
         pyramid = {"stem": x}
         for stage, blocks in enumerate(DEPTHS[depth]):
             mid = width * 2**stage
             for block in range(blocks):
                 stride = 2 if (stage > 0 and block == 0) else 1
-                x = _bottleneck(x, mid, stride, f"stage{stage + 1}_block{block + 1}", data_format)
+                x = _bottleneck(x, mid, stride, f"stage{stage + 1}_block{block + 1}", data_format, exact)
             pyramid[f"stage{stage + 1}"] = x
         outputs = x
         if include_top:
@@ -157,6 +183,7 @@ class RedNet(keras.Model):
         self.stem = stem
         self.width = width
         self.data_format = data_format
+        self.exact = exact
         self.pyramid_outputs = pyramid
         self.implementation = registry.check_implementation(implementation)
         if implementation != "auto":
@@ -172,13 +199,15 @@ class RedNet(keras.Model):
             "width": self.width,
             "implementation": self.implementation,
             "data_format": self.data_format,
+            "exact": self.exact,
             "name": self.name,
             "trainable": self.trainable,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Configs saved before `exact` existed describe the earlier network.
+        return cls(**{"exact": False, **config})
 
 
 # Variants ---------------------------------------------------------------------
