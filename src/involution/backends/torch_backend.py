@@ -201,10 +201,11 @@ _TRITON = {}
 def _triton():
     """The Triton binding module, or None where Triton cannot be imported."""
     if "module" not in _TRITON:
-        if "tensorflow" in sys.modules:
+        if "tensorflow" in sys.modules and "triton" not in sys.modules:
             # Triton's LLVM registers command-line options that TensorFlow's
             # already did: importing it after TensorFlow aborts the process
-            # (the other order works).
+            # (the other order works, and Keras' PyTorch backend imports
+            # Triton, where installed, when it starts).
             _TRITON["module"], _TRITON["error"] = None, "TensorFlow was imported first, and Triton's LLVM aborts then"
             return None
         try:
