@@ -60,8 +60,10 @@ def _launch(kernel, kind, first, second, out, pixels, height, width, out_h, out_
     block_p, block_c, num_warps = kernels.block_sizes(kind, pixels, channels, group_channels, interpreted())
     columns = groups if kind == "correlate" else (channels + block_c - 1) // block_c
     grid = ((pixels + block_p - 1) // block_p, columns)
-    # Triton launches on the current device: make it the tensors' one.
-    with torch.cuda.device(first.device) if first.device.type == "cuda" else contextlib.nullcontext():
+    # Triton launches on the current device: make it the tensors' one where
+    # it is not (the common case, and compilers' traces, need no switch).
+    other_device = first.device.type == "cuda" and first.device.index not in (None, torch.cuda.current_device())
+    with torch.cuda.device(first.device) if other_device else contextlib.nullcontext():
         wrap_triton(kernel)[grid](
             first, second, out, pixels, height, width, channels, out_h, out_w, group_channels, stride, dilation,
             padding(kernel_size, dilation), KERNEL_SIZE=kernel_size,
