@@ -1,4 +1,5 @@
-"""The JAX fast paths: three primitives, lowered to fused C++ loops or to XLA.
+"""The JAX fast paths: three primitives, lowered to fused C++ loops, to Pallas
+kernels (`kernels/pallas/`, by name: `implementation="pallas"`) or to XLA.
 
 On the CPU (float32/float64) the apply step and its gradients are the fused
 loops of `involution_kernels.h`, the ones the PyTorch backend runs, called
