@@ -18,8 +18,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
 
 def test_smoke_run_measures_every_formulation(tmp_path):
     report = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--backends", BACKEND, "--json", str(report)],
-                          capture_output=True, text=True, timeout=900)
+    # The networks' part is Keras models only, the same code on every
+    # backend: the PyTorch pass (the quickest to build them) runs it.
+    parts = "ops,networks" if BACKEND == "torch" else "ops"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--backends", BACKEND, "--parts", parts,
+                           "--json", str(report)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(report.read_text())
     ops = [row for row in rows if not row.get("network")]
@@ -36,5 +39,7 @@ def test_smoke_run_measures_every_formulation(tmp_path):
                 assert "no bfloat16" in row[formulation]  # Triton's interpreter has no bfloat16 arithmetic
             else:
                 assert isinstance(row[formulation], float) and row[formulation] > 0, (formulation, row)
-    assert len(networks) == 1 and networks[0]["rednet50"] > 0 and networks[0]["resnet50"] > 0
-    assert "| backend | shape | dtype | pass |" in done.stdout and "Training step" in done.stdout
+    assert "| backend | shape | dtype | pass |" in done.stdout
+    if "networks" in parts:
+        assert len(networks) == 1 and networks[0]["rednet50"] > 0 and networks[0]["resnet50"] > 0
+        assert "Training step" in done.stdout

@@ -61,6 +61,7 @@ def trainable_count(model):
     return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
 
 
+@pytest.mark.backend_independent
 def test_parameter_counts_are_the_papers():
     # PyTorch's parameters: the batch norms' moving statistics are buffers there.
     for depth in (26, 50):
@@ -70,6 +71,7 @@ def test_parameter_counts_are_the_papers():
     assert trainable_count(create_model("rednet50")) == 15_540_806
 
 
+@pytest.mark.backend_independent
 def test_paddle_checkpoint_converts_to_the_same_model(rng):
     reference = reference_rednet.randomized(26, seed=1)
     from_mmcls = create_model("rednet26", input_shape=(64, 64, 3))
@@ -80,6 +82,7 @@ def test_paddle_checkpoint_converts_to_the_same_model(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.backend_independent
 def test_bad_checkpoints_name_the_tensor():
     reference = reference_rednet.randomized(26, seed=2)
     state = mmcls_checkpoint(reference)
@@ -104,6 +107,7 @@ def test_bad_checkpoints_name_the_tensor():
         assign_reference_weights(create_model("rednet26", input_shape=(64, 64, 3), exact=False), state)
 
 
+@pytest.mark.backend_independent
 def test_canonical_names():
     arrays = canonical_arrays({"backbone.stem.0.bn.num_batches_tracked": np.zeros(()),
                                "head.fc.bias": np.zeros(3), "layer1.0.bn1._variance": np.ones(2)})
