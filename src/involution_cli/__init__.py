@@ -109,14 +109,18 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="Measure a preset's test accuracy on CIFAR-10.",
-        description="Loads a preset (a shipped name or a preset folder) and measures its accuracy on the test "
-        "images of --data, next to the accuracy its metadata records.",
+        help="Measure a preset's accuracy on CIFAR-10's test images or an image folder (ImageNet's val).",
+        description="Loads a preset (a shipped name or a preset folder) and measures its top-1 and top-5 accuracy "
+        "on --data, preprocessed as its metadata records, next to the accuracy the metadata states. The CIFAR "
+        "presets read CIFAR-10 sources; the converted ImageNet RedNets an image folder with one subfolder per "
+        "class (val/<wnid>/*.JPEG), or a flat folder and --labels.",
     )
     evaluate.add_argument("--preset", required=True, help="a shipped preset's name or a preset folder")
-    evaluate.add_argument("--data", help="as for compare (default $INVOLUTION_DATA, else download)")
+    evaluate.add_argument("--data", help="a CIFAR-10 source as for compare (default $INVOLUTION_DATA, else "
+                          "download), or an image folder for an ImageNet preset")
+    evaluate.add_argument("--labels", help="for a flat image folder: a file of '<image> <wnid or index>' lines")
     evaluate.add_argument("--limit", type=_positive_int,
-                          help="use at most N test images, drawn as compare --limit draws them")
+                          help="use at most N test images, drawn at random with --seed (as compare --limit)")
     evaluate.add_argument("--seed", type=int, default=0, help="the draw of --limit (default 0)")
     evaluate.add_argument("--cache-dir", help="decoded-data cache (as for compare)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -129,7 +133,8 @@ def build_parser():
     predict = commands.add_parser(
         "predict",
         help="Print a preset's most probable classes for image files.",
-        description="Classifies image files with a preset; images of another size are resized to the preset's.",
+        description="Classifies image files with a preset, each preprocessed as the preset's metadata records "
+        "(resized to a CIFAR preset's size; resized, centre-cropped and normalised for an ImageNet one).",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     predict.add_argument("--preset", required=True, help="a shipped preset's name or a preset folder")

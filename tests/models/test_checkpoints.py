@@ -108,21 +108,31 @@ def test_convert_command_writes_a_preset_that_computes_the_reference(tmp_path, r
 
     assert metadata["source"]["sha256"] == hashlib.sha256((tmp_path / "rednet26.pth").read_bytes()).hexdigest()
     assert metadata["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
+    assert metadata["class_names"] == "imagenet" and metadata["input_shape"] == [224, 224, 3]
+    # keras-hub's layout: the backbone in config.json / model.weights.h5, the classifier in task.*.
+    assert sorted(os.listdir(tmp_path / "preset")) == ["config.json", "metadata.json", "model.weights.h5",
+                                                        "task.json", "task.weights.h5"]
     model = from_preset(str(tmp_path / "preset"))
+    assert type(model).__name__ == "RedNetImageClassifier"
+    # The preset takes any size; the reference's logits at 96x96.
     x = rng.uniform(-1, 1, (1, 3, 96, 96)).astype("float32")
     with torch.no_grad():
         expected = reference(torch.from_numpy(x)).numpy()
-    # The preset's input is 224x224: a 96x96 image goes through a model of any size with the same weights.
-    from involution.models import create_model
-
-    any_size = create_model("rednet26", input_shape=(None, None, 3))
-    any_size.set_weights(model.get_weights())
-    logits = keras.ops.convert_to_numpy(any_size(np.transpose(x, (0, 2, 3, 1)), training=False))
+    logits = keras.ops.convert_to_numpy(model(np.transpose(x, (0, 2, 3, 1)), training=False))
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    # The backbone alone: the reference's last feature map.
+    backbone = from_preset(str(tmp_path / "preset"), include_top=False)
+    with torch.no_grad():
+        features = reference.stem(torch.from_numpy(x))
+        for stage in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+            features = getattr(reference, stage)(features)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(np.transpose(x, (0, 2, 3, 1)), training=False)),
+                               features.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
     # The recorded check reproduces on this backend.
     from involution.models.presets import output_check
 
-    np.testing.assert_allclose(output_check(model)["logits"], metadata["check"]["logits"], rtol=1e-4, atol=1e-4)
+    check = output_check(model, metadata["check"]["input_shape"])
+    np.testing.assert_allclose(check["logits"], metadata["check"]["logits"], rtol=1e-4, atol=1e-4)
 
 
 def test_convert_command_names_the_problem(tmp_path):

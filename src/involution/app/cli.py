@@ -85,12 +85,13 @@ def evaluate(args):
 
     return _preset_command(args, lambda: evaluate_preset(args.preset, data=args.data, limit=args.limit,
                                                          seed=args.seed, cache_dir=args.cache_dir,
-                                                         progress=not args.json), _show_evaluation)
+                                                         progress=not args.json, labels=args.labels),
+                           _show_evaluation)
 
 
 def _show_evaluation(result):
     print(f"{result['preset']}: test accuracy {100 * result['accuracy']:.2f}% "
-          f"({result['correct']:,} of {result['images']:,} images)")
+          f"({result['correct']:,} of {result['images']:,} images), top-5 {100 * result['top5_accuracy']:.2f}%")
     if result["metadata_accuracy"] is not None:
         images = result["metadata_images"]
         print(f"metadata: {100 * result['metadata_accuracy']:.2f}%"

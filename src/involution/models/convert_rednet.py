@@ -6,8 +6,9 @@ The authors' checkpoints (mmcls, PyTorch `state_dict`s: the backbone under
 `_mean` / `_variance`, the classifier's weight stored `(in, out)`) name the
 same tensors. `canonical_arrays` maps either onto one naming (mmcls'
 without its prefixes); `assign_reference_weights` copies those arrays into
-a `RedNet` built with `exact=True`, checking that every expected tensor is
-there, with its shape, and that nothing is left over.
+a `RedNet` built with `exact=True` (or a `RedNetImageClassifier` on one),
+checking that every expected tensor is there, with its shape, and that
+nothing is left over.
 
 Reading the files themselves is `involution.models.checkpoints`' job.
 """
@@ -85,11 +86,21 @@ def _involution(layer, prefix):
             + _conv(generator.span, f"{prefix}.conv2.conv", bias=True))
 
 
+def _rednet_and_head(model):
+    """The RedNet of `model` (itself or a classifier's backbone) and the
+    logits layer (None for a headless RedNet)."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        return backbone, model.get_layer("predictions")
+    return model, model.get_layer("logits") if getattr(model, "include_top", False) else None
+
+
 def expected_weights(model):
     """`[(checkpoint name, Keras variable, transform)]` for every tensor of
     the paper's checkpoint, in `model`'s layers."""
     from involution.models.rednet import DEPTHS
 
+    model, head = _rednet_and_head(model)
     get = model.get_layer
     expected = (_conv(get("stem_1_conv"), "stem.0.conv") + _batch_norm(get("stem_1_bn"), "stem.0.bn")
                 + _involution(get("stem_2_involution"), "stem.1") + _batch_norm(get("stem_2_bn"), "stem.2")
@@ -106,9 +117,8 @@ def expected_weights(model):
             if block == 0:
                 expected += (_conv(get(f"{keras_name}_downsample_conv"), f"{name}.downsample.0")
                              + _batch_norm(get(f"{keras_name}_downsample_bn"), f"{name}.downsample.1"))
-    if model.include_top:
-        logits = get("logits")
-        expected += [("fc.weight", logits.kernel, np.transpose), ("fc.bias", logits.bias, None)]
+    if head is not None:
+        expected += [("fc.weight", head.kernel, np.transpose), ("fc.bias", head.bias, None)]
     return expected
 
 
@@ -117,7 +127,8 @@ def assign_reference_weights(model, arrays):
 
     Args:
         model: an `involution.models.RedNet` built with `exact=True` (the
-            paper's function), with or without its top.
+            paper's function), with or without its top, or a
+            `RedNetImageClassifier` on one.
         arrays: `{name: numpy array}` of an mmcls or PaddleClas checkpoint
             (see `canonical_arrays`).
 
@@ -128,24 +139,26 @@ def assign_reference_weights(model, arrays):
     """
     from involution.models.rednet import DEPTHS
 
-    if not getattr(model, "exact", False):
+    rednet, head = _rednet_and_head(model)
+    if not getattr(rednet, "exact", False):
         raise ValueError("The paper's checkpoints need a RedNet built with exact=True (the paper's padding, batch "
-                         f"norm epsilon and generator without bias). Received: a model with exact={model.exact!r}")
+                         f"norm epsilon and generator without bias). Received: a model with "
+                         f"exact={getattr(rednet, 'exact', None)!r}")
     arrays = canonical_arrays(arrays)
     depth, blocks = depth_of(arrays)
-    if depth != model.depth:
+    if depth != rednet.depth:
         found = f"RedNet-{depth}" if depth else "no RedNet depth"
-        raise ValueError(f"The checkpoint has {blocks} blocks per stage ({found}); the model is RedNet-{model.depth} "
-                         f"{DEPTHS[model.depth]}.")
+        raise ValueError(f"The checkpoint has {blocks} blocks per stage ({found}); the model is "
+                         f"RedNet-{rednet.depth} {DEPTHS[rednet.depth]}.")
     expected = expected_weights(model)
     names = {name for name, _, _ in expected}
     missing = sorted(names - set(arrays))
     if missing:
-        raise ValueError(f"The checkpoint lacks {len(missing)} tensor(s) of RedNet-{model.depth}, first "
+        raise ValueError(f"The checkpoint lacks {len(missing)} tensor(s) of RedNet-{rednet.depth}, first "
                          f"{missing[0]!r}.")
-    extra = sorted(name for name in set(arrays) - names if model.include_top or not name.startswith("fc."))
+    extra = sorted(name for name in set(arrays) - names if head is not None or not name.startswith("fc."))
     if extra:
-        raise ValueError(f"The checkpoint has {len(extra)} tensor(s) that RedNet-{model.depth} does not, first "
+        raise ValueError(f"The checkpoint has {len(extra)} tensor(s) that RedNet-{rednet.depth} does not, first "
                          f"{extra[0]!r}.")
     values = []
     for name, variable, transform in expected:
@@ -159,17 +172,6 @@ def assign_reference_weights(model, arrays):
     for (_, variable, _), value in zip(expected, values):
         variable.assign(value.astype(variable.dtype))
     return model
-
-
-# The reference configuration's ImageNet preprocessing, on 0-255 RGB pixels.
-IMAGENET_PREPROCESSING = {
-    "resize_short_side": 256,
-    "center_crop": 224,
-    "channel_order": "RGB",
-    "mean": [123.675, 116.28, 103.53],
-    "std": [58.395, 57.12, 57.375],
-    "scale": "0-255",
-}
 
 
 def _sha256(path):
@@ -195,8 +197,17 @@ def convert_checkpoint(model_name, checkpoint, output, data_format=None):
             `model.weights.h5`, `metadata.json`).
         data_format: the model's layout (its weights are the same in both).
 
+    The preset stores the backbone and the classifier apart, as keras-hub
+    does (`involution.models.presets`): it loads as the classifier
+    (`from_preset(output)`), as the backbone alone
+    (`from_preset(output, include_top=False)`), and, with keras-hub, through
+    `keras_hub.models.ImageClassifier.from_preset(output)`
+    (`involution.models.hub`). Its metadata records the ImageNet
+    preprocessing and class names, the source file's sha256 and the logits
+    of fixed inputs.
+
     Returns:
-        The converted model.
+        The converted `RedNetImageClassifier`.
 
     Raises:
         ValueError: a bad `model_name`, an unreadable checkpoint, or one of
@@ -211,27 +222,34 @@ def convert_checkpoint(model_name, checkpoint, output, data_format=None):
 
     from involution import __version__
     from involution.models import checkpoints
+    from involution.models.classifier import RedNetImageClassifier
+    from involution.models.preprocessing import IMAGENET, IMAGENET_PREPROCESSING
     from involution.models.presets import output_check, save_preset
-    from involution.models.rednet import DEPTHS
-    from involution.models.registry import create_model
+    from involution.models.rednet import DEPTHS, RedNet, image_shape
 
     names = [f"rednet{depth}" for depth in DEPTHS]
     if model_name not in names:
         raise ValueError(f"The `model_name` argument must be one of {names}. Received: model_name={model_name!r}")
     arrays = checkpoints.read_checkpoint(checkpoint)
-    model = create_model(model_name, data_format=data_format)
+    depth = int(model_name[len("rednet"):])
+    # Any image size: the backbone serves dense prediction at other sizes.
+    backbone = RedNet(depth, include_top=False, input_shape=image_shape(None, data_format), data_format=data_format,
+                      name=f"rednet{depth}_backbone")
+    model = RedNetImageClassifier(backbone, num_classes=1000, name=model_name)
     assign_reference_weights(model, arrays)
+    crop = IMAGENET_PREPROCESSING["center_crop"]
     source = "PaddleClas .pdparams" if str(checkpoint).endswith(".pdparams") else "PyTorch state_dict (mmcls)"
     metadata = {
         "model": model_name,
         "description": f"RedNet-{model_name[6:]} of the paper (Li et al., CVPR 2021), converted from {source}.",
         "preprocessing": IMAGENET_PREPROCESSING,
-        "input_shape": list(model.input_shape[1:]),
+        "class_names": IMAGENET,
+        "input_shape": list(image_shape(crop, backbone.data_format)),
         "source": {"file": os.path.basename(str(checkpoint)), "sha256": _sha256(checkpoint), "format": source},
         "parameter_count": int(model.count_params()),
         "versions": {"involution": __version__},
         "command": f"involution convert {model_name} {os.path.basename(str(checkpoint))} --output {output}",
-        "check": output_check(model),
+        "check": output_check(model, image_shape(crop, backbone.data_format)),
     }
     save_preset(model, output, metadata)
     return model

@@ -6,7 +6,19 @@ A preset is a folder of three files:
 - `model.weights.h5`: its weights (`model.save_weights`);
 - `metadata.json`: how it was made and how good it is (test accuracy,
   recipe, seed, the data's checksum, parameter count, library versions and
-  the command that trained it).
+  the command that trained it), and how it wants its images
+  (`involution.models.preprocessing`).
+
+A classifier split as keras-hub splits one (a backbone and a task,
+`involution.models.RedNetImageClassifier`) keeps the backbone in those two
+files and adds the task's:
+
+- `task.json`: the classifier's configuration (the backbone's within it);
+- `task.weights.h5`: the weights that are not the backbone's (the head),
+  `keras.saving.save_weights(task, objects_to_skip=[backbone])`.
+
+`from_preset(folder)` then builds the classifier and
+`from_preset(folder, include_top=False)` the backbone alone.
 
 The presets shipped in the package live in `involution/presets/<name>/`;
 `list_presets()` names them and `from_preset(name)` loads one. Any folder in
@@ -15,12 +27,15 @@ Loading never runs code from the files: the architecture is deserialized in
 Keras' safe mode, from registered classes only, and the weights are arrays.
 """
 
+import contextlib
 import json
 import os
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
+TASK_CONFIG_FILE = "task.json"
+TASK_WEIGHTS_FILE = "task.weights.h5"
 # A configuration or metadata file larger than this is not a preset's.
 MAX_JSON_BYTES = 8 * 2**20
 
@@ -65,6 +80,11 @@ def preset_directory(preset):
             f"The preset folder {preset} lacks {', '.join(missing)}: a preset holds {CONFIG_FILE}, {WEIGHTS_FILE} "
             f"and {METADATA_FILE}. Received: preset={preset!r}"
         )
+    if os.path.isfile(os.path.join(preset, TASK_CONFIG_FILE)) != os.path.isfile(os.path.join(preset, TASK_WEIGHTS_FILE)):
+        raise ValueError(
+            f"The preset folder {preset} must hold both {TASK_CONFIG_FILE} and {TASK_WEIGHTS_FILE} or neither. "
+            f"Received: preset={preset!r}"
+        )
     return preset
 
 
@@ -87,23 +107,48 @@ def preset_metadata(preset):
     return _read_json(os.path.join(preset_directory(preset), METADATA_FILE))
 
 
-def from_preset(preset, load_weights=True):
+def _deserialize(path):
+    import keras
+
+    config = _read_json(path)
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:  # Keras raises TypeError, ValueError, KeyError, ... for a bad config.
+        raise ValueError(f"{path} is not a Keras model's configuration ({error}).") from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path} describes a {type(model).__name__}, not a keras.Model.")
+    return model
+
+
+def _load(load, path):
+    try:
+        load(path)
+    except Exception as error:  # h5py's OSError, Keras' ValueError for mismatched weights.
+        raise ValueError(f"Cannot load the weights {path} into the preset's model ({error}).") from None
+
+
+def from_preset(preset, load_weights=True, include_top=True):
     """Builds a model from a preset.
 
     Args:
         preset: the name of a shipped preset (`list_presets()`) or a preset
-            folder (`config.json`, `model.weights.h5`, `metadata.json`).
+            folder (`config.json`, `model.weights.h5`, `metadata.json`, and
+            `task.json` / `task.weights.h5` for a backbone-and-task preset).
         load_weights: load the trained weights (else the architecture is
             freshly initialised).
+        include_top: False builds the backbone of a backbone-and-task
+            preset alone (a feature extractor, e.g. for dense prediction).
 
     Returns:
-        An uncompiled `keras.Model` whose outputs are logits; its input is
-        images scaled as its metadata's `preprocessing` says (pixels / 255
-        for the shipped ones).
+        An uncompiled `keras.Model` whose outputs are logits (or the
+        backbone's features); its input is images preprocessed as its
+        metadata's `preprocessing` says (pixels / 255 for the shipped ones,
+        `involution.models.preprocessing.preprocess_image`).
 
     Raises:
-        ValueError: `preset` is not a preset, or one of its files is not
-            what the layout says (named in the message).
+        ValueError: `preset` is not a preset, one of its files is not what
+            the layout says (named in the message), or `include_top=False`
+            for a preset without a separate backbone.
 
     Example:
 
@@ -114,23 +159,27 @@ def from_preset(preset, load_weights=True):
     import keras
 
     import involution  # noqa: F401  (registers the package's serializable classes)
+    from involution.models import classifier  # noqa: F401  (registers RedNetImageClassifier)
 
     folder = preset_directory(preset)
-    config = _read_json(os.path.join(folder, CONFIG_FILE))
-    try:
-        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    except Exception as error:  # Keras raises TypeError, ValueError, KeyError, ... for a bad config.
-        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)} is not a Keras model's configuration ({error}).") from None
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"{os.path.join(folder, CONFIG_FILE)} describes a {type(model).__name__}, not a keras.Model."
-        )
+    task = os.path.isfile(os.path.join(folder, TASK_CONFIG_FILE))
+    if not include_top and not task:
+        raise ValueError(f"The preset {preset} stores one model, not a backbone and a task: `include_top=False` "
+                         "needs a preset with task.json. Received: include_top=False")
+    if not include_top or not task:
+        model = _deserialize(os.path.join(folder, CONFIG_FILE))
+        if load_weights:
+            _load(model.load_weights, os.path.join(folder, WEIGHTS_FILE))
+        return model
+    model = _deserialize(os.path.join(folder, TASK_CONFIG_FILE))
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"{os.path.join(folder, TASK_CONFIG_FILE)} describes a {type(model).__name__} without a "
+                         "backbone.")
     if load_weights:
-        weights = os.path.join(folder, WEIGHTS_FILE)
-        try:
-            model.load_weights(weights)
-        except Exception as error:  # h5py's OSError, Keras' ValueError for mismatched weights.
-            raise ValueError(f"Cannot load the weights {weights} into the preset's model ({error}).") from None
+        _load(backbone.load_weights, os.path.join(folder, WEIGHTS_FILE))
+        task_weights = os.path.join(folder, TASK_WEIGHTS_FILE)
+        _load(lambda path: keras.saving.load_weights(model, path, objects_to_skip=[backbone]), task_weights)
     return model
 
 
@@ -144,15 +193,18 @@ def check_inputs(input_shape):
     return np.random.default_rng(0).uniform(0, 1, (CHECK_IMAGES, *input_shape)).astype("float32")
 
 
-def output_check(model):
+def output_check(model, input_shape=None):
     """`{"inputs": how they are drawn, "logits": the model's logits}` for
-    `check_inputs`, in inference mode: a record that a preset loaded on any
-    backend can be compared with."""
+    `check_inputs(input_shape)` (the model's input shape by default), in
+    inference mode: a record that a preset loaded on any backend can be
+    compared with."""
     import keras
 
-    logits = keras.ops.convert_to_numpy(model(check_inputs(tuple(model.input_shape[1:])), training=False))
+    input_shape = tuple(input_shape or model.input_shape[1:])
+    logits = keras.ops.convert_to_numpy(model(check_inputs(input_shape), training=False))
     return {
         "inputs": f"numpy.random.default_rng(0).uniform(0, 1, ({CHECK_IMAGES}, *input_shape)).astype('float32')",
+        "input_shape": list(input_shape),
         "logits": logits.astype(float).tolist(),
     }
 
@@ -161,18 +213,33 @@ def save_preset(model, folder, metadata):
     """Writes `model` and `metadata` as a preset folder.
 
     Each file is written under a temporary name and renamed into place, and
-    `metadata.json` last, so that a folder with all three files is complete.
+    `metadata.json` last, so that a folder with all its files is complete.
 
     Args:
-        model: a `keras.Model` built from registered layers.
+        model: a `keras.Model` built from registered layers; a model with a
+            `backbone` (`involution.models.RedNetImageClassifier`) is
+            written as a backbone and a task (see the module docstring).
         folder: the preset folder (created if needed).
         metadata: a JSON-serializable dict (see the module docstring).
     """
     import keras
 
     os.makedirs(folder, exist_ok=True)
-    _replace(os.path.join(folder, CONFIG_FILE), lambda tmp: _write_json(tmp, keras.saving.serialize_keras_object(model)))
-    _replace(os.path.join(folder, WEIGHTS_FILE), model.save_weights)
+    backbone = getattr(model, "backbone", None)
+    task = isinstance(backbone, keras.Model)
+    stored = backbone if task else model
+    _replace(os.path.join(folder, CONFIG_FILE),
+             lambda tmp: _write_json(tmp, keras.saving.serialize_keras_object(stored)))
+    _replace(os.path.join(folder, WEIGHTS_FILE), stored.save_weights)
+    if task:
+        _replace(os.path.join(folder, TASK_CONFIG_FILE),
+                 lambda tmp: _write_json(tmp, keras.saving.serialize_keras_object(model)))
+        _replace(os.path.join(folder, TASK_WEIGHTS_FILE),
+                 lambda tmp: keras.saving.save_weights(model, tmp, objects_to_skip=[backbone]))
+    else:
+        for name in (TASK_CONFIG_FILE, TASK_WEIGHTS_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
     _replace(os.path.join(folder, METADATA_FILE), lambda tmp: _write_json(tmp, metadata))
     return folder
 

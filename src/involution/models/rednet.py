@@ -213,8 +213,9 @@ class RedNet(keras.Model):
 # Variants ---------------------------------------------------------------------
 
 
-def _rgb(size, data_format):
-    """A square RGB image's shape in `data_format`'s layout."""
+def image_shape(size, data_format):
+    """A square RGB image's shape in `data_format`'s layout (`size` None:
+    any size)."""
     channels_last = standardize_data_format(data_format) == "channels_last"
     return (size, size, 3) if channels_last else (3, size, size)
 
@@ -223,11 +224,11 @@ def _register_rednets():
     for depth in DEPTHS:
 
         def imagenet(input_shape=None, num_classes=1000, depth=depth, **kwargs):
-            input_shape = input_shape or _rgb(224, kwargs.get("data_format"))
+            input_shape = input_shape or image_shape(224, kwargs.get("data_format"))
             return RedNet(depth, num_classes=num_classes, input_shape=input_shape, **kwargs)
 
         def cifar(input_shape=None, num_classes=10, depth=depth, width=16, **kwargs):
-            input_shape = input_shape or _rgb(32, kwargs.get("data_format"))
+            input_shape = input_shape or image_shape(32, kwargs.get("data_format"))
             return RedNet(depth, num_classes=num_classes, input_shape=input_shape, stem="cifar",
                           width=width, **kwargs)
 
@@ -240,7 +241,7 @@ def _register_rednets():
 @register_model("rednet26_cifar_tiny")
 def rednet26_cifar_tiny(input_shape=None, num_classes=10, width=8, **kwargs):
     """RedNet-26, width 8 (8x narrower than ImageNet's), stride-2 stem: small enough to train on a CPU."""
-    input_shape = input_shape or _rgb(32, kwargs.get("data_format"))
+    input_shape = input_shape or image_shape(32, kwargs.get("data_format"))
     kwargs.setdefault("name", "rednet26_cifar_tiny")
     kwargs.setdefault("stem", "cifar_half")
     return RedNet(26, num_classes=num_classes, input_shape=input_shape, width=width, **kwargs)
