@@ -147,13 +147,16 @@ def build_parser():
         help="Convert an authors' or PaddleClas RedNet checkpoint into a preset folder.",
         description="Reads a RedNet checkpoint of the paper (an mmcls .pth state_dict, or a PaddleClas .pdparams) "
         "as untrusted data (arrays only: nothing in it runs), copies it into this package's RedNet of the same "
-        "depth (exact=True) and writes a preset folder: config, weights, and metadata with the checkpoint's "
-        "sha256, this command and the logits of fixed inputs.",
+        "depth (exact=True) and writes a preset folder in keras-hub's layout (the backbone, the classifier) with "
+        "metadata: the checkpoint's sha256, this command, the ImageNet preprocessing and classes, and the logits "
+        "of fixed inputs.",
     )
     convert.add_argument("model", choices=[f"rednet{depth}" for depth in (26, 38, 50, 101, 152)],
                          help="the checkpoint's model")
     convert.add_argument("checkpoint", help="the .pth or .pdparams file")
     convert.add_argument("--output", required=True, help="the preset folder to write")
+    convert.add_argument("--data-format", choices=["channels_last", "channels_first"],
+                         help="the model's layout (default keras.config.image_data_format()); the weights are the same")
     _add_common_options(convert)
 
     doctor = commands.add_parser(

@@ -131,3 +131,23 @@ def test_a_checkpoint_loads_as_a_backbone(rng):
     for stage in range(1, 5):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs[f"stage{stage}"]), expected[f"stage{stage}"],
                                    **TOLERANCE)
+
+
+def test_converted_preset_channels_first_computes_the_reference(tmp_path, rng):
+    from involution.models import from_preset
+    from involution.models.convert_rednet import convert_checkpoint
+
+    reference = reference_rednet.randomized(26, seed=5)
+    torch.save(mmcls_checkpoint_tensors(reference), tmp_path / "rednet26.pth")
+    convert_checkpoint("rednet26", str(tmp_path / "rednet26.pth"), str(tmp_path / "preset"),
+                       data_format="channels_first")
+    model = from_preset(str(tmp_path / "preset"))
+    assert model.backbone.data_format == "channels_first"
+    x = rng.uniform(-1, 1, (1, 3, 93, 93)).astype("float32")  # an odd size: the preset takes any
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(logits, reference_logits(reference, x), **TOLERANCE)
+
+
+def mmcls_checkpoint_tensors(model):
+    return {("head." if name.startswith("fc.") else "backbone.") + name: tensor
+            for name, tensor in model.state_dict().items()}

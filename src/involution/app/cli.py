@@ -159,7 +159,7 @@ def convert(args):
     from involution.models.convert_rednet import convert_checkpoint
 
     try:
-        model = convert_checkpoint(args.model, args.checkpoint, args.output)
+        model = convert_checkpoint(args.model, args.checkpoint, args.output, data_format=args.data_format)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -74,15 +74,19 @@ class RedNetImageClassifier(keras.Model):
         check_head_arguments(num_classes, pooling, activation, dropout)
         head_dtype = head_dtype or backbone.dtype_policy
         data_format = getattr(backbone, "data_format", None)
-        pooler = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        self.backbone = backbone
-        self.pooler = pooler(data_format, dtype=head_dtype, name="pooler")
-        self.output_dropout = keras.layers.Dropout(dropout, dtype=head_dtype, name="output_dropout")
-        self.output_dense = keras.layers.Dense(num_classes, activation=activation, dtype=head_dtype,
-                                               name="predictions")
+        pooling_layer = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        pooler = pooling_layer(data_format, dtype=head_dtype, name="pooler")
+        output_dropout = keras.layers.Dropout(dropout, dtype=head_dtype, name="output_dropout")
+        output_dense = keras.layers.Dense(num_classes, activation=activation, dtype=head_dtype, name="predictions")
         inputs = backbone.input
-        outputs = self.output_dense(self.output_dropout(self.pooler(backbone(inputs))))
+        outputs = output_dense(output_dropout(pooler(backbone(inputs))))
+        # Attributes after the functional model's constructor: PyTorch's
+        # Module refuses sublayers assigned before it.
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.backbone = backbone
+        self.pooler = pooler
+        self.output_dropout = output_dropout
+        self.output_dense = output_dense
         self.preprocessor = None
         self.num_classes = num_classes
         self.pooling = pooling
