@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from involution.app import data
+from involution.untrusted import UntrustedFileError
 from tests import synthetic_data as synth
 
 pytestmark = pytest.mark.backend_independent
@@ -68,7 +69,7 @@ def test_corrupt_image_is_named(tmp_path):
     bad = os.path.join(root, "train", "bird", "0002.png")
     with open(bad, "wb") as f:
         f.write(b"not an image")
-    with pytest.raises(data.DataError, match=r"Cannot decode image .*train/bird/0002.png"):
+    with pytest.raises(UntrustedFileError, match=r"train/bird/0002.png: not an image that Pillow recognises"):
         data.load_dataset(root, cache_dir=str(tmp_path / "cache"), progress=False)
 
 

@@ -14,6 +14,7 @@ from involution import models
 from involution.app import inference
 from involution.app.data import DataError, load_dataset
 from involution.models import preprocessing
+from involution.untrusted import UntrustedFileError
 from tests import synthetic_data as synth
 
 
@@ -79,9 +80,9 @@ def test_predict_ranks_the_classes(tmp_path, preset):
 
     with open(tmp_path / "broken.png", "wb") as f:
         f.write(b"\x89PNG not really")
-    with pytest.raises(DataError, match=r"Cannot decode image .*broken.png"):
+    with pytest.raises(UntrustedFileError, match=r"broken.png: not an image that Pillow recognises"):
         inference.predict(preset, [str(tmp_path / "broken.png")])
-    with pytest.raises(DataError, match=r"The image .*missing.png does not exist"):
+    with pytest.raises(UntrustedFileError, match=r"missing.png: the image does not exist"):
         inference.predict(preset, [str(tmp_path / "missing.png")])
 
 

@@ -39,6 +39,7 @@ def compare(args):
     """Trains the models one after another and writes the report."""
     from involution.app.compare import CompareError, run_compare
     from involution.app.data import DataError
+    from involution.untrusted import UntrustedFileError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
@@ -48,9 +49,8 @@ def compare(args):
             limit=args.limit, resume=args.resume, verbose=0 if args.quiet else 1,
             cache_dir=args.cache_dir, command=getattr(args, "command_line", None),
         )
-    except (CompareError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (CompareError, DataError, UntrustedFileError) as error:
+        return refuse(error, args.verbose)
     except KeyboardInterrupt:
         print(
             "\nInterrupted. Finished epochs are saved; rerun with --resume "
@@ -61,17 +61,27 @@ def compare(args):
     return 0
 
 
+def refuse(error, verbose=False):
+    """Prints a refusal of bad input as one line (`error: FILE: what is
+    wrong`), the library's own message after it with --verbose; exit code 2."""
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    detail = getattr(error, "detail", None)
+    if verbose and detail:
+        print(detail, file=sys.stderr)
+    return 2
+
+
 def _preset_command(args, run, show):
     """Runs `run()`, then prints its result as JSON (`--json`) or with
     `show(result)`; a data or preset error is one line and exit code 2."""
     from involution.app.data import DataError
     from involution.app.inference import InferenceError
+    from involution.untrusted import UntrustedFileError
 
     try:
         result = run()
-    except (DataError, InferenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (DataError, InferenceError, UntrustedFileError) as error:
+        return refuse(error, args.verbose)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -143,8 +153,7 @@ def summarize(args):
     try:
         statistics = report.merge_summaries([_read_summary(p) for p in args.summaries], sources=args.summaries)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return refuse(error)
     if args.json:
         print(json.dumps({"models": statistics}, indent=2))
     elif args.markdown:
@@ -161,8 +170,7 @@ def convert(args):
     try:
         model = convert_checkpoint(args.model, args.checkpoint, args.output, data_format=args.data_format)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return refuse(error, args.verbose)
     trainable = sum(int(math.prod(weight.shape)) for weight in model.trainable_weights)
     print(f"{args.model}: {trainable:,} trainable parameters from {args.checkpoint}, written to {args.output}")
     return 0

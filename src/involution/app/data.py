@@ -34,7 +34,7 @@ import zlib
 
 import numpy as np
 
-from involution import cache
+from involution import cache, untrusted
 from involution.cache import CACHE_ENV
 
 DATA_ENV = "INVOLUTION_DATA"
@@ -44,6 +44,9 @@ CIFAR10_CLASSES = (
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 CACHE_VERSION = 1
+# A pickled batch: the official ones hold 10,000 images in 31 MB.
+BATCH_FILE_LIMIT = 256 * 2**20
+BATCH_IMAGES_LIMIT = 60_000
 
 
 class DataError(ValueError):
@@ -120,6 +123,8 @@ def load_dataset(path=None, cache_dir=None, progress=True):
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise DataError(f"The data path does not exist: {path}")
+    if not os.path.isdir(path):
+        untrusted.regular_file(path, "data archive")
     cache_dir = cache_dir or cache.cache_dir()
     cache_file = os.path.join(cache_dir, f"cifar-{_source_key(path)}.npz")
     _remove_stale_temporaries(cache_dir)
@@ -282,8 +287,7 @@ def _from_pickled_folder(path):
         file = os.path.join(path, name)
         if not os.path.exists(file):
             raise DataError(f"Missing CIFAR-10 batch file: {file}")
-        with open(file, "rb") as f:
-            return _unpickle(f.read(), file)
+        return _unpickle(untrusted.read_bytes(file, BATCH_FILE_LIMIT, "CIFAR-10 batch"), file)
 
     return _assemble_pickled(read, path)
 
@@ -294,7 +298,11 @@ def _from_pickled_tar(archive, members, path):
     def read(name):
         if name not in by_name:
             raise DataError(f"Missing CIFAR-10 batch file {name!r} in {path}")
-        return _unpickle(archive.extractfile(by_name[name]).read(), f"{path}:{by_name[name].name}")
+        member = by_name[name]
+        if member.size > BATCH_FILE_LIMIT:
+            raise untrusted.UntrustedFileError(f"{path}:{member.name}", f"the CIFAR-10 batch is larger than "
+                                               f"{BATCH_FILE_LIMIT:,} bytes, the most this reads")
+        return _unpickle(archive.extractfile(member).read(), f"{path}:{member.name}")
 
     return _assemble_pickled(read, path)
 
@@ -326,10 +334,20 @@ def _batch_arrays(batch, name):
     labels = batch.get(b"labels")
     if data is None or labels is None:
         raise DataError(f"The CIFAR-10 batch {name} has no 'data' or 'labels' entry.")
+    # The layout is checked before anything is materialised: a list of
+    # references to one row would otherwise become gigabytes of array.
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise DataError(f"The CIFAR-10 batch {name} holds its images as a {type(data).__name__}"
+                        f"{' of ' + str(data.dtype) if isinstance(data, np.ndarray) else ''}; expected a uint8 array.")
+    if data.ndim != 2 or not 0 < len(data) <= BATCH_IMAGES_LIMIT:
+        raise DataError(f"The CIFAR-10 batch {name} holds an array of shape {data.shape}; expected (images, 3072) "
+                        f"with at most {BATCH_IMAGES_LIMIT:,} images.")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise DataError(f"The CIFAR-10 batch {name} holds {len(data)} images but "
+                        f"{len(labels) if hasattr(labels, '__len__') else 'no list of'} labels.")
     try:
-        data = np.asarray(data, np.uint8)
         labels = np.asarray(labels, np.int64)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise DataError(f"The CIFAR-10 batch {name} holds non-numeric data or labels ({error}).") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(
@@ -372,8 +390,7 @@ class _FolderTree:
                 yield os.path.relpath(full, self.root).replace(os.sep, "/"), full
 
     def read(self, handle):
-        with open(handle, "rb") as f:
-            return f.read()
+        return untrusted.read_bytes(handle, untrusted.IMAGE_FILE_LIMIT, "image")
 
     def describe(self, handle):
         return handle
@@ -388,6 +405,9 @@ class _TarTree:
             yield member.name, member
 
     def read(self, member):
+        if member.size > untrusted.IMAGE_FILE_LIMIT:
+            raise untrusted.UntrustedFileError(member.name, f"the image is larger than "
+                                               f"{untrusted.IMAGE_FILE_LIMIT:,} bytes, the most this reads")
         return self.archive.extractfile(member).read()
 
     def describe(self, member):
@@ -409,7 +429,6 @@ def _split_parts(relative):
 
 
 def _from_image_tree(tree, path, progress):
-    from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
     entries = {"train": [], "test": []}
@@ -447,13 +466,10 @@ def _from_image_tree(tree, path, progress):
         images = []
         for label, handle in entries[split]:
             try:
-                with Image.open(io.BytesIO(tree.read(handle))) as image:
-                    array = np.asarray(image.convert("RGB"), np.uint8)
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
+                array = untrusted.decode_image(tree.read(handle), tree.describe(handle))
+            except untrusted.UntrustedFileError:
                 bar.close()
-                raise DataError(
-                    f"Cannot decode image {tree.describe(handle)}: {error}"
-                ) from None
+                raise
             if expected_shape is None:
                 expected_shape = array.shape
             elif array.shape != expected_shape:

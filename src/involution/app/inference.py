@@ -9,11 +9,11 @@ image folder (`<folder>/<wnid>/*.JPEG`, or a folder and a labels file) for
 the latter.
 """
 
-import io
 import os
 
 import numpy as np
 
+from involution import untrusted
 from involution.app.data import DataError
 from involution.models import preprocessing
 
@@ -28,11 +28,14 @@ def _load(preset):
     from involution import models
 
     try:
+        # from_preset validates the metadata against the model.
+        model = models.from_preset(preset)
         metadata = models.preset_metadata(preset)
-        spec = preprocessing.check_preprocessing(metadata.get("preprocessing", preprocessing.PIXELS_OVER_255))
-        return models.from_preset(preset), metadata, spec
+    except untrusted.UntrustedFileError:
+        raise
     except ValueError as error:
         raise InferenceError(str(error)) from None
+    return model, metadata, metadata.get("preprocessing", preprocessing.PIXELS_OVER_255)
 
 
 def _channels_first(model):
@@ -174,11 +177,11 @@ def folder_samples(folder, ids, labels=None):
     for name in sorted(os.listdir(folder)):
         if name.lower().endswith(IMAGE_SUFFIXES):
             files[name] = files.setdefault(os.path.splitext(name)[0], name)
+    raw = untrusted.read_bytes(labels, untrusted.TEXT_LIMIT, "labels file")
     try:
-        with open(labels, encoding="utf-8") as f:
-            lines = f.read(64 * 2**20).splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"Cannot read the labels file {labels}: {error}") from None
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise untrusted.UntrustedFileError(labels, f"the labels file is not UTF-8 text (byte {error.start})") from None
     samples = []
     for number, line in enumerate(lines, start=1):
         fields = line.replace(",", " ").split()
@@ -215,26 +218,11 @@ def _evaluate_folder(preset, model, metadata, spec, data, labels, limit, seed, b
     with tqdm(total=len(samples), desc="Evaluating", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            images = np.stack([preprocessing.preprocess_image(read_image(path), spec, size) for path, _ in batch])
+            images = np.stack([preprocessing.preprocess_image(untrusted.read_image(path), spec, size) for path, _ in batch])
             probabilities.append(_probabilities(model, images, batch_size))
             bar.update(len(batch))
     return _result(preset, metadata, np.concatenate(probabilities), [target for _, target in samples],
                    os.path.abspath(data))
-
-
-def read_image(path):
-    """An image file as a (height, width, 3) RGB uint8 array."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        with Image.open(io.BytesIO(raw)) as image:
-            return np.asarray(image.convert("RGB"), np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"The image {path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise DataError(f"Cannot decode image {path}: {error}") from None
 
 
 def predict(preset, paths, top=3, batch_size=256):
@@ -246,7 +234,7 @@ def predict(preset, paths, top=3, batch_size=256):
     """
     model, metadata, spec = _load(preset)
     size = _image_size(model, spec)
-    images = np.stack([preprocessing.preprocess_image(read_image(path), spec, size) for path in paths])
+    images = np.stack([preprocessing.preprocess_image(untrusted.read_image(path), spec, size) for path in paths])
     probabilities = _probabilities(model, images, batch_size)
     names = preprocessing.class_names(metadata, probabilities.shape[-1])
     top = min(top, probabilities.shape[-1])

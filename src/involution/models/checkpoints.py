@@ -179,7 +179,10 @@ def read_checkpoint(path):
     """
     import os
 
-    size = os.path.getsize(path)
+    from involution import untrusted
+
+    # A regular file (not a FIFO, device or /proc entry), whose size is then what reads return.
+    size = os.path.getsize(untrusted.regular_file(path, "checkpoint"))
     if size > MAX_BYTES:
         raise CheckpointError(f"{path} has {size} bytes, more than a RedNet checkpoint's {MAX_BYTES}.")
     if str(path).endswith(".pdparams"):

@@ -29,7 +29,10 @@ Keras' safe mode, from registered classes only, and the weights are arrays.
 
 import contextlib
 import json
+import math
 import os
+
+from involution import untrusted
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -74,13 +77,15 @@ def preset_directory(preset):
             f"`preset` must be one of {list_presets()} or a folder holding {CONFIG_FILE}, {WEIGHTS_FILE} and "
             f"{METADATA_FILE}. Received: preset={preset!r}"
         )
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE) if not os.path.isfile(os.path.join(preset, f))]
+    # lexists: a file that is there but not regular (a FIFO, a link to a
+    # device) is refused by its reader, by name, not reported missing.
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE) if not os.path.lexists(os.path.join(preset, f))]
     if missing:
         raise ValueError(
             f"The preset folder {preset} lacks {', '.join(missing)}: a preset holds {CONFIG_FILE}, {WEIGHTS_FILE} "
             f"and {METADATA_FILE}. Received: preset={preset!r}"
         )
-    if os.path.isfile(os.path.join(preset, TASK_CONFIG_FILE)) != os.path.isfile(os.path.join(preset, TASK_WEIGHTS_FILE)):
+    if os.path.lexists(os.path.join(preset, TASK_CONFIG_FILE)) != os.path.lexists(os.path.join(preset, TASK_WEIGHTS_FILE)):
         raise ValueError(
             f"The preset folder {preset} must hold both {TASK_CONFIG_FILE} and {TASK_WEIGHTS_FILE} or neither. "
             f"Received: preset={preset!r}"
@@ -89,17 +94,7 @@ def preset_directory(preset):
 
 
 def _read_json(path):
-    size = os.path.getsize(path)
-    if size > MAX_JSON_BYTES:
-        raise ValueError(f"{path} holds {size:,} bytes; a preset's JSON files hold at most {MAX_JSON_BYTES:,}.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}).") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object. Received: {type(value).__name__}")
-    return value
+    return untrusted.read_json(path, limit=MAX_JSON_BYTES)
 
 
 def preset_metadata(preset):
@@ -107,24 +102,97 @@ def preset_metadata(preset):
     return _read_json(os.path.join(preset_directory(preset), METADATA_FILE))
 
 
+# The largest input a preset may declare: a side of 8192 and 2**26 values
+# per example (a 4096x4096 RGB image). Larger ones make a Flatten and Dense
+# allocate gigabytes when the model is built, or an image that large at
+# prediction.
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_VALUES = 2**26
+_SHAPE_KEYS = ("batch_shape", "batch_input_shape", "input_shape")
+
+
+def _check_shape(key, value, path):
+    """One declared shape, or a list of them (a merge layer's inputs)."""
+    if value and all(isinstance(v, list) for v in value):
+        for shape in value:
+            _check_shape(key, shape, path)
+        return
+    sizes = [v for v in value if v is not None]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in sizes) \
+            or math.prod(sizes) > MAX_INPUT_VALUES:
+        raise untrusted.UntrustedFileError(
+            path, f"`{key}` {value} is beyond the inputs a preset may declare (sides of at most "
+            f"{MAX_INPUT_SIDE}, at most {MAX_INPUT_VALUES:,} values per example)")
+
+
+def _check_input_shapes(config, path):
+    """Refuses a configuration that declares an input beyond the bounds,
+    before anything is built; walks it without recursion."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SHAPE_KEYS and isinstance(value, list):
+                    _check_shape(key, value, path)
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def _deserialize(path):
     import keras
 
     config = _read_json(path)
+    _check_input_shapes(config, path)
     try:
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:  # Keras raises TypeError, ValueError, KeyError, ... for a bad config.
-        raise ValueError(f"{path} is not a Keras model's configuration ({error}).") from None
+        raise untrusted.UntrustedFileError(
+            path, f"not a Keras model's configuration that loads safely ({untrusted.summary(error)})",
+            detail=str(error)) from None
     if not isinstance(model, keras.Model):
-        raise ValueError(f"{path} describes a {type(model).__name__}, not a keras.Model.")
+        raise untrusted.UntrustedFileError(path, f"describes a {type(model).__name__}, not a keras.Model")
     return model
 
 
 def _load(load, path):
+    untrusted.regular_file(path, "weights file")
     try:
         load(path)
     except Exception as error:  # h5py's OSError, Keras' ValueError for mismatched weights.
-        raise ValueError(f"Cannot load the weights {path} into the preset's model ({error}).") from None
+        raise untrusted.UntrustedFileError(
+            path, f"cannot load these weights into the preset's model ({untrusted.summary(error)})",
+            detail=str(error)) from None
+
+
+def validate(model, metadata, folder):
+    """Checks a preset's metadata against its model when it loads.
+
+    Raises:
+        UntrustedFileError: naming `metadata.json` and the field: class
+            names whose count is not the model's outputs, a preprocessing
+            of an unknown kind or with a malformed field.
+    """
+    from involution.models import preprocessing
+
+    path = os.path.join(folder, METADATA_FILE)
+    try:
+        preprocessing.check_preprocessing(metadata.get("preprocessing", preprocessing.PIXELS_OVER_255))
+    except ValueError as error:
+        raise untrusted.UntrustedFileError(path, f"field `preprocessing`: {error}") from None
+    names = metadata.get("class_names")
+    if names is None:
+        return
+    if names != preprocessing.IMAGENET and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise untrusted.UntrustedFileError(
+            path, f"field `class_names` must be a list of strings or {preprocessing.IMAGENET!r}")
+    count = len(preprocessing.imagenet_classes()) if names == preprocessing.IMAGENET else len(names)
+    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if outputs is not None and count != outputs:
+        raise untrusted.UntrustedFileError(
+            path, f"field `class_names` names {count} classes; the model has {outputs} outputs")
 
 
 def from_preset(preset, load_weights=True, include_top=True):
@@ -162,6 +230,7 @@ def from_preset(preset, load_weights=True, include_top=True):
     from involution.models import classifier  # noqa: F401  (registers RedNetImageClassifier)
 
     folder = preset_directory(preset)
+    metadata = _read_json(os.path.join(folder, METADATA_FILE))
     task = os.path.isfile(os.path.join(folder, TASK_CONFIG_FILE))
     if not include_top and not task:
         raise ValueError(f"The preset {preset} stores one model, not a backbone and a task: `include_top=False` "
@@ -170,6 +239,8 @@ def from_preset(preset, load_weights=True, include_top=True):
         model = _deserialize(os.path.join(folder, CONFIG_FILE))
         if load_weights:
             _load(model.load_weights, os.path.join(folder, WEIGHTS_FILE))
+        if include_top:
+            validate(model, metadata, folder)
         return model
     model = _deserialize(os.path.join(folder, TASK_CONFIG_FILE))
     backbone = getattr(model, "backbone", None)
@@ -180,6 +251,7 @@ def from_preset(preset, load_weights=True, include_top=True):
         _load(backbone.load_weights, os.path.join(folder, WEIGHTS_FILE))
         task_weights = os.path.join(folder, TASK_WEIGHTS_FILE)
         _load(lambda path: keras.saving.load_weights(model, path, objects_to_skip=[backbone]), task_weights)
+    validate(model, metadata, folder)
     return model
 
 
