@@ -162,7 +162,7 @@ def test_pickled_batch_of_references_is_refused_before_it_is_built(tmp_path):
     folder.mkdir()
     row = np.zeros(3072, np.uint8)
     batch = {b"data": [row] * 250_000, b"labels": [0] * 250_000}
-    raw = pickle.dumps(batch, protocol=2)
+    raw = pickle.dumps(batch, protocol=4)
     assert len(raw) < 2_000_000  # references to one row: a small file
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(raw)
