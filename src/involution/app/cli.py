@@ -138,12 +138,13 @@ def presets(args):
 
 
 def _read_summary(path):
+    from involution import untrusted
+
     file = os.path.join(path, "summary.json") if os.path.isdir(path) else path
     try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"Expected a report folder or its summary.json. Received: {path} ({error})") from None
+        return untrusted.read_json(file, what="summary")
+    except untrusted.UntrustedFileError as error:
+        raise ValueError(f"Expected a report folder or its summary.json. Received: {path} ({error.problem})") from None
 
 
 def summarize(args):

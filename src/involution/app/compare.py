@@ -10,7 +10,6 @@ starts by deleting the temporary files that a killed one left.
 """
 
 import datetime
-import json
 import math
 import os
 import time
@@ -87,11 +86,12 @@ def resume_policy(output, settings, resume):
     run_path = os.path.join(output, RUN_FILE)
     if not os.path.exists(run_path):
         return datetime.datetime.now().isoformat(timespec="seconds")
+    from involution import untrusted
+
     try:
-        with open(run_path, encoding="utf-8") as f:
-            previous = json.load(f)
-    except (OSError, ValueError) as error:
-        raise CompareError(f"Cannot read {run_path} ({error}); pass another --output.") from None
+        previous = untrusted.read_json(run_path, what="run file")
+    except untrusted.UntrustedFileError as error:
+        raise CompareError(f"{error}; pass another --output.") from None
     if not resume:
         raise CompareError(f"{output} already holds a run. Use --resume to continue it, or another --output.")
     # Runs recorded before a setting existed had its default.

@@ -21,7 +21,6 @@ of the time per epoch.
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -55,8 +54,9 @@ def read_history(model_dir):
     path = os.path.join(model_dir, HISTORY_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        history = json.load(f)
+    from involution import untrusted
+
+    history = untrusted.read_json(path, what="history file")
     for epoch in history.get("epochs", []):
         for key, value in epoch.items():
             if value is None:
