@@ -71,3 +71,19 @@ def restore_switches():
     for name in config.FAST_PATHS:
         config.set_fast_path(name, None)
     config.set_exportable(False)
+
+
+@pytest.fixture
+def deadline():
+    """Fails the test if it runs past 300 s: a read that blocks (a FIFO)
+    fails instead of hanging the suite."""
+    import signal
+
+    def expired(*_):
+        raise TimeoutError("no answer within 300 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

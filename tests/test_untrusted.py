@@ -7,7 +7,6 @@ instead of hanging the suite.
 import io
 import os
 import pickle
-import signal
 import struct
 import zlib
 
@@ -19,19 +18,7 @@ from involution import untrusted
 from involution.untrusted import UntrustedFileError
 
 # File handling and decoding are the same under every backend.
-pytestmark = pytest.mark.backend_independent
-
-
-@pytest.fixture(autouse=True)
-def deadline():
-    def expired(*_):
-        raise TimeoutError("the read did not return within 60 s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = [pytest.mark.backend_independent, pytest.mark.usefixtures("deadline")]
 
 
 def fifo(path):

@@ -6,7 +6,6 @@ Each test runs under a deadline, so that a read that blocks fails it.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -21,17 +20,7 @@ from involution.untrusted import UntrustedFileError
 from tests import synthetic_data as synth
 from tests.test_untrusted import png_header
 
-
-@pytest.fixture(autouse=True)
-def deadline():
-    def expired(*_):
-        raise TimeoutError("no answer within 300 s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(300)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("deadline")
 
 
 def _colour_model():
