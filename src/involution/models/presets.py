@@ -40,7 +40,7 @@ METADATA_FILE = "metadata.json"
 TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 # A configuration or metadata file larger than this is not a preset's.
-MAX_JSON_BYTES = 8 * 2**20
+MAX_JSON_BYTES = untrusted.JSON_LIMIT
 
 
 def _shipped_directory():
